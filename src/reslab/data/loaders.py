@@ -1,0 +1,87 @@
+"""In-memory batch iteration for tensor datasets (CIFAR): shuffled, augmented, resumable.
+
+    uv run python -c "from reslab.data.loaders import TensorLoader; help(TensorLoader)"
+
+The order of epoch ``e`` and the augmentation of its batch ``b`` are drawn from generators seeded by
+``(seed, e)`` and ``(seed, e, b)``, so a run resumed at any batch sees exactly the data an
+uninterrupted run would, and the hot path has no per-sample Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+
+from reslab.data.transforms import random_crop_flip
+
+
+def seeded_generator(*key: int) -> torch.Generator:
+    """A CPU generator whose seed is derived from the integers ``key`` (via numpy's SeedSequence)."""
+    seed = int(np.random.SeedSequence(list(key)).generate_state(2, dtype=np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(seed)
+
+
+class TensorLoader:
+    """Batches of (normalised float images, labels) from uint8 ``images`` kept on ``device``.
+
+    Args:
+        images, labels: the dataset (uint8 N x C x H x W, int64 N); moved to ``device`` once.
+        batch_size: images per batch.
+        normalize: callable mapping a uint8 batch to the model's float input.
+        train: shuffle, augment (pad-crop-flip) and drop the last partial batch.
+        seed: seeds the order and the augmentation (see the module doc).
+        pad: padding of the random crop (the paper's 4).
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        normalize: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        train: bool,
+        seed: int = 0,
+        pad: int = 4,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if train and len(images) < batch_size:
+            raise ValueError(
+                f"training set of {len(images)} images is smaller than one batch ({batch_size})"
+            )
+        self.device = torch.device(device)
+        self.images, self.labels = images.to(self.device), labels.to(self.device)
+        self.batch_size, self.normalize, self.train = batch_size, normalize, train
+        self.seed, self.pad = seed, pad
+
+    def __len__(self) -> int:
+        n = len(self.images)
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """Index order of ``epoch`` (the identity when not training)."""
+        n = len(self.images)
+        if not self.train:
+            return torch.arange(n)
+        return torch.randperm(n, generator=seeded_generator(self.seed, epoch))
+
+    def batches(
+        self, epoch: int = 0, start: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``start, start+1, ...`` of ``epoch``."""
+        order = self.order(epoch).to(self.device)
+        for b in range(start, len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            x = self.images[idx]
+            if self.train:
+                x = random_crop_flip(x, seeded_generator(self.seed, epoch, b), self.pad)
+            yield self.normalize(x), self.labels[idx]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches()

@@ -1,0 +1,72 @@
+"""Batched CIFAR augmentation and normalisation: tensor operations on whichever device holds the data.
+
+    uv run python -c "import reslab.data.transforms as t; help(t.random_crop_flip)"
+
+The paper's training augmentation is "4 pixels padded on each side, a 32x32 crop randomly sampled
+from the padded image or its horizontal flip". Here it is one gather over the whole batch, on uint8
+(the padding is zero, i.e. black, before normalisation). The random numbers are drawn on the CPU
+from an explicit generator and then moved, so the CPU and a GPU give the same result for one seed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMALIZATIONS = ("pixel", "channel")
+
+
+def random_crop_flip(
+    images: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True
+) -> torch.Tensor:
+    """Pad each image by ``pad`` zeros, take a random same-size crop, mirror half of them.
+
+    ``images`` is N x C x H x W (any dtype, any device); the result has the same shape.
+    """
+    n, c, h, w = images.shape
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator)
+    mirror = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    device = images.device
+    oy, ox, mirror = offsets[0].to(device), offsets[1].to(device), mirror.to(device)
+    rows = oy[:, None] + torch.arange(h, device=device)  # N x H
+    base = torch.arange(w, device=device)
+    cols = ox[:, None] + torch.where(mirror[:, None], w - 1 - base, base)  # N x W
+    padded = F.pad(images, (pad, pad, pad, pad))
+    n_idx = torch.arange(n, device=device)[:, None, None, None]
+    c_idx = torch.arange(c, device=device)[None, :, None, None]
+    return padded[n_idx, c_idx, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class Normalize(nn.Module):
+    """``(x / 255 - mean) / std`` for uint8 input; ``mean``/``std`` broadcast against N x C x H x W.
+
+    ``pixel`` (the paper): subtract the per-pixel mean image of the training set, std 1.
+    ``channel``: per-channel mean and std of the training set.
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.register_buffer("mean", mean.float())
+        self.register_buffer("std", std.float())
+
+    @classmethod
+    def fit(cls, images: torch.Tensor, mode: str = "pixel") -> Normalize:
+        """Statistics from uint8 training ``images`` (N x C x H x W)."""
+        if mode not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization={mode!r} is invalid; valid choices: {', '.join(NORMALIZATIONS)}"
+            )
+        x = images.double() / 255
+        if mode == "pixel":
+            mean, std = x.mean(0, keepdim=True), torch.ones(1, 1, 1, 1, dtype=x.dtype)
+        else:
+            mean, std = x.mean((0, 2, 3), keepdim=True), x.std((0, 2, 3), keepdim=True)
+        return cls(mean, std, mode)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() / 255 - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, mean={tuple(self.mean.shape)}"

@@ -76,13 +76,195 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a config (resumes automatically in the same run directory)"
+    )
+    p.add_argument("config", help="config name (e.g. cifar10/resnet20) or YAML path")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.iterations=400 (repeatable)",
+    )
+    p.add_argument(
+        "--data-dir", help="dataset root (default: $RESLAB_DATA or ~/.cache/reslab/data)"
+    )
+    p.add_argument("--out", help="run directory (default: runs/<config name>)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train")
+    p.add_argument("--resume", action="store_true", help="require a checkpoint to resume from")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def _load_run_config(args: argparse.Namespace, extra: list[str] = ()):
+    from reslab.config import load_config
+
+    overrides = list(extra) + list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    return load_config(args.config, overrides)
+
+
+def _run(cfg, out: str | None, *, resume_required: bool = False, progress: bool = True) -> dict:
+    from pathlib import Path
+
+    import yaml
+
+    from reslab.config import config_from_dict
+    from reslab.engine.checkpoint import list_checkpoints
+    from reslab.engine.trainer import fit
+
+    run_dir = Path(out or Path("runs") / cfg.name)
+    has_ckpt = (
+        bool(list_checkpoints(run_dir / "checkpoints"))
+        or (run_dir / "checkpoints" / "final.pt").is_file()
+    )
+    if resume_required and not has_ckpt:
+        raise FileNotFoundError(f"--resume given but {run_dir / 'checkpoints'} holds no checkpoint")
+    if has_ckpt and (run_dir / "config.yaml").is_file():
+        previous = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        if previous.to_dict() != cfg.to_dict():
+            raise ValueError(
+                f"{run_dir} holds a run of a different config; resume it with its own settings, or "
+                "start a new run with --out <another directory>"
+            )
+    print(f"run directory: {run_dir}", flush=True)
+    return fit(cfg, run_dir, progress=progress)
+
+
+def _print_summary(summary: dict) -> None:
+    import json
+
+    if summary["status"] != "finished":
+        print(
+            f"interrupted at iteration {summary['iteration']}; checkpoint {summary['checkpoint']}; "
+            "run the same command again to resume"
+        )
+        return
+    print(
+        f"{summary['model']}: {summary['iterations']} iterations, training error "
+        f"{summary['train_error']:.2f}%, test error {summary['test_error']:.2f}% "
+        f"(accuracy {100 - summary['test_error']:.2f}%), top-5 error {summary['test_top5_error']:.2f}%, "
+        f"{summary['images_per_s']:.0f} images/s on {summary['device']}, {summary['wall_time_s']:.0f} s"
+    )
+    print(
+        json.dumps(
+            {k: summary[k] for k in ("test_error", "test_top5_error", "train_error", "iterations")}
+        )
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _load_run_config(args)
+    summary = _run(cfg, args.out, resume_required=args.resume, progress=not args.no_progress)
+    _print_summary(summary)
+    return 0 if summary["status"] == "finished" else 130
+
+
+DEMO_ITERATIONS = 800
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help=f"train a CIFAR-10 ResNet-20 for {DEMO_ITERATIONS} iterations and test it"
+    )
+    p.add_argument("--iterations", type=int, default=DEMO_ITERATIONS, help="training iterations")
+    p.add_argument(
+        "--data-dir", help="dataset root (default: $RESLAB_DATA or ~/.cache/reslab/data)"
+    )
+    p.add_argument("--out", default="runs/demo", help="run directory")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The paper's recipe on a 1/80 schedule: lr drops at 50% and 75% of the iterations."""
+    n = args.iterations
+    args.config, args.device = "cifar10/resnet20", None
+    args.overrides = [
+        f"train.iterations={n}",
+        f"optim.milestones=[{n // 2},{3 * n // 4}]",
+        "train.eval_every=0",
+        f"train.checkpoint_every={max(n // 4, 1)}",
+        f"train.log_every={max(min(100, n // 8), 1)}",
+        f"name=demo-resnet20-{n}it",
+    ]
+    cfg = _load_run_config(args)
+    summary = _run(cfg, args.out)
+    _print_summary(summary)
+    if summary["status"] == "finished":
+        print(
+            f"reslab demo: CIFAR-10 test accuracy of ResNet-20 after {n} iterations: "
+            f"{100 - summary['test_error']:.2f}%"
+        )
+    return 0 if summary["status"] == "finished" else 130
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="test a run directory or model.safetensors on CIFAR-10")
+    p.add_argument("weights", help="run directory or .safetensors file")
+    p.add_argument(
+        "--data-dir", help="dataset root (default: $RESLAB_DATA or ~/.cache/reslab/data)"
+    )
+    p.add_argument("--split", default="test", choices=["test", "val5k"], help="evaluation split")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from reslab.data.cifar import load_cifar10
+    from reslab.data.loaders import TensorLoader
+    from reslab.data.transforms import Normalize
+    from reslab.engine.runtime import describe_device, resolve_device
+    from reslab.engine.trainer import evaluate
+    from reslab.engine.weights import find_weights, load_weights
+
+    path = find_weights(args.weights)
+    model, meta = load_weights(path)
+    if meta.get("dataset", "cifar10") != "cifar10":
+        raise ValueError(
+            f"{path} was trained on {meta['dataset']}; reslab eval handles cifar10 here"
+        )
+    device = resolve_device(args.device)
+    train_x, _ = load_cifar10(args.data_dir, meta.get("train_split", "train"))
+    normalize = Normalize.fit(train_x, meta.get("normalization", "pixel")).to(device)
+    images, labels = load_cifar10(args.data_dir, args.split)
+    loader = TensorLoader(images, labels, args.batch_size, normalize, train=False, device=device)
+    result = evaluate(model.to(device), loader)
+    print(
+        f"{meta.get('model')} ({path}): CIFAR-10 {args.split} error {result['error']:.2f}% "
+        f"(accuracy {100 - result['error']:.2f}%), top-5 error {result['top5_error']:.2f}%, "
+        f"{result['images']} images, {describe_device(device)}"
+    )
+    print(
+        json.dumps(
+            {
+                "test_error": result["error"],
+                "test_top5_error": result["top5_error"],
+                "test_loss": result["loss"],
+                "images": result["images"],
+                "split": args.split,
+                "weights": str(path),
+            }
+        )
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reslab",
         description="Deep residual networks (He et al., 2016): models, training, analysis.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_list, _add_info):
+    for add in (_add_list, _add_info, _add_train, _add_eval, _add_demo):
         add(sub)
     return parser
 

@@ -1,0 +1,56 @@
+"""Machine-readable logs: one JSON object per line in ``metrics.jsonl``; plots read these.
+
+uv run python -c "from reslab.engine.logging import read_jsonl; help(read_jsonl)"
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class JsonlLogger:
+    """Appends records to a JSONL file (flushed per line, so a crash loses nothing written)."""
+
+    def __init__(self, path: str | Path, enabled: bool = True) -> None:
+        self.path, self.enabled = Path(path), enabled
+        self._file = open(self.path, "a") if enabled else None  # noqa: SIM115
+
+    def log(self, **record: Any) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+            self._file.flush()
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop records past ``iteration`` (written after the checkpoint a resume starts from)."""
+        if self._file is None:
+            return
+        self._file.close()
+        kept = [r for r in read_jsonl(self.path) if r.get("iteration", 0) <= iteration]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self._file = open(self.path, "a")  # noqa: SIM115
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a JSONL file (a torn last line, from a crash, is ignored)."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records

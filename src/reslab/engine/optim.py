@@ -1,0 +1,98 @@
+"""The paper's optimiser and learning-rate schedule, counted in iterations.
+
+uv run python -c "from reslab.engine.optim import StepSchedule; s = StepSchedule(0.1, [32000, 48000]); print(s.lr(40000))"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+
+class PaperSGD(torch.optim.Optimizer):
+    """SGD with momentum in the paper's (Torch7's) form, without dampening:
+
+    ``v = momentum * v + lr * (g + weight_decay * w)``, then ``w = w - v``.
+
+    PyTorch's SGD keeps ``v = m*v + g`` and steps ``lr * v``: the two agree while lr is constant and
+    differ right after an lr drop, where this form lets the old velocity decay instead of scaling it.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+    ) -> None:
+        if lr <= 0 or momentum < 0 or weight_decay < 0:
+            raise ValueError(f"invalid lr={lr}, momentum={momentum} or weight_decay={weight_decay}")
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        if closure is not None:
+            raise ValueError("PaperSGD does not take a closure")
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            bufs = []
+            for p in params:
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format
+                    )
+                bufs.append(state["momentum_buffer"])
+            torch._foreach_mul_(bufs, group["momentum"])
+            torch._foreach_add_(bufs, grads, alpha=group["lr"])
+            torch._foreach_sub_(params, bufs)
+
+
+class StepSchedule:
+    """``lr * gamma**k`` after the k-th milestone (iterations), with the paper's optional warm-up:
+    ``warmup_lr`` until the running training error falls below ``warmup_until_error`` percent."""
+
+    def __init__(
+        self,
+        lr: float,
+        milestones: list[int],
+        gamma: float = 0.1,
+        warmup_lr: float | None = None,
+        warmup_until_error: float = 80.0,
+    ) -> None:
+        self.base_lr, self.milestones, self.gamma = lr, list(milestones), gamma
+        self.warmup_lr, self.warmup_until_error = warmup_lr, warmup_until_error
+        self.warmup_active = warmup_lr is not None
+        self.warmup_ended_at: int | None = None
+
+    def lr(self, iteration: int) -> float:
+        """The learning rate of step ``iteration`` (0-based)."""
+        if self.warmup_active:
+            return self.warmup_lr
+        drops = sum(iteration >= m for m in self.milestones)
+        return self.base_lr * self.gamma**drops
+
+    def observe_train_error(self, error: float, iteration: int) -> bool:
+        """Feed the running training error (percent); True when this ends the warm-up."""
+        if self.warmup_active and error < self.warmup_until_error:
+            self.warmup_active, self.warmup_ended_at = False, iteration
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"warmup_active": self.warmup_active, "warmup_ended_at": self.warmup_ended_at}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.warmup_active, self.warmup_ended_at = state["warmup_active"], state["warmup_ended_at"]
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,67 @@
+"""Where and how a run executes: device, precision, code version, CPU settings.
+
+uv run python -c "from reslab.engine.runtime import describe_device; print(describe_device('cpu'))"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+import reslab
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            "device 'cuda' requested but no CUDA device is available; use --device cpu"
+        )
+    return torch.device(name)
+
+
+def describe_device(device: torch.device | str) -> str:
+    """A human-readable description of the hardware, stored with every result."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"CPU {cpu} ({torch.get_num_threads()} threads)"
+
+
+def code_version() -> str:
+    """``git describe`` of the checkout reslab runs from (``-dirty`` when modified), else the version."""
+    root = Path(reslab.__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"reslab-{reslab.__version__}"
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of ``precision`` ("bf16" or "fp32") on ``device``."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def configure_cpu() -> None:
+    """Flush denormals (they slow CPU kernels and do not change these networks' results)."""
+    torch.set_flush_denormal(True)

@@ -110,6 +110,13 @@ def _load_run_config(args: argparse.Namespace, extra: list[str] = ()):
     return load_config(args.config, overrides)
 
 
+def _comparable(cfg) -> dict:
+    """A config without its machine-specific keys (where the data lives may change on resume)."""
+    d = cfg.to_dict()
+    d["data"].pop("data_dir")
+    return d
+
+
 def _run(cfg, out: str | None, *, resume_required: bool = False, progress: bool = True) -> dict:
     from pathlib import Path
 
@@ -128,7 +135,7 @@ def _run(cfg, out: str | None, *, resume_required: bool = False, progress: bool 
         raise FileNotFoundError(f"--resume given but {run_dir / 'checkpoints'} holds no checkpoint")
     if has_ckpt and (run_dir / "config.yaml").is_file():
         previous = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
-        if previous.to_dict() != cfg.to_dict():
+        if _comparable(previous) != _comparable(cfg):
             raise ValueError(
                 f"{run_dir} holds a run of a different config; resume it with its own settings, or "
                 "start a new run with --out <another directory>"

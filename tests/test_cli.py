@@ -1,0 +1,76 @@
+"""The ``reslab`` command line: info/list output, errors with exit code 2, eval's JSON line."""
+
+from __future__ import annotations
+
+import json
+
+from reslab.cli import main
+
+
+def test_info_prints_the_table(capsys):
+    assert main(["info", "resnet34", "--shortcut", "A"]) == 0
+    out = capsys.readouterr().out
+    assert "21,623,848" in out and "3,644,493,824" in out
+    assert "layer4   512x7x7" in out and "3 x [3x3, 512; 3x3, 512]" in out
+
+
+def test_list_filters(capsys):
+    assert main(["list", "plain*"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert names == [
+        "plain18",
+        "plain34",
+        "plain50",
+        "plain101",
+        "plain152",
+        "plain20",
+        "plain32",
+        "plain44",
+        "plain56",
+        "plain110",
+    ]
+
+
+def test_errors_exit_2_with_a_message(capsys, tmp_path):
+    assert main(["info", "resnet21"]) == 2
+    assert "unknown model 'resnet21'" in capsys.readouterr().err
+    assert main(["train", "cifar10/resnet20", "--set", "train.iteratoins=5"]) == 2
+    assert "unknown config key 'train.iteratoins'" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "no weights at" in capsys.readouterr().err
+
+
+def test_train_then_eval_agree(data_dir, tmp_path, capsys):
+    args = [
+        "train",
+        "cifar10/resnet20",
+        "--out",
+        str(tmp_path / "run"),
+        "--data-dir",
+        str(data_dir),
+        "--no-progress",
+    ]
+    args += [
+        "--set",
+        "model.name=resnet8",
+        "--set",
+        "train.iterations=6",
+        "--set",
+        "optim.milestones=[3]",
+    ]
+    args += [
+        "--set",
+        "train.log_every=3",
+        "--set",
+        "train.eval_every=0",
+        "--set",
+        "train.batch_size=32",
+    ]
+    assert main(args) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["eval", str(tmp_path / "run"), "--data-dir", str(data_dir)]) == 0
+    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert abs(evaluated["test_error"] - trained["test_error"]) < 0.05
+    # the same directory with another config is refused instead of silently mixed
+    assert main([*args[:-2], "--set", "train.batch_size=64"]) == 2
+    assert "different config" in capsys.readouterr().err

@@ -265,13 +265,64 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", help="measure throughput side by side with a baseline; table + JSON"
+    )
+    p.add_argument("kind", choices=["data"], help="what to measure")
+    p.add_argument(
+        "--data-dir", help="dataset root (default: $RESLAB_DATA or ~/.cache/reslab/data)"
+    )
+    p.add_argument("--workers", type=int, default=2, help="JPEG decoding workers")
+    p.add_argument("--out", default="results/bench", help="directory for the JSON record")
+    p.add_argument(
+        "--note", default="", help="free text stored with the record (e.g. machine load)"
+    )
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import datetime as dt
+    import json
+    import shlex
+    from pathlib import Path
+
+    import torch
+
+    from reslab.bench import data as data_bench
+    from reslab.engine.runtime import code_version, describe_device
+
+    rows = data_bench.run(args.data_dir, args.workers)
+    print(f"{'benchmark':<24} {'images/s':>10} {'baseline':>10} {'ratio':>6}")
+    for r in rows:
+        base = r.get("baseline_images_per_s")
+        ratio = f"{r['images_per_s'] / base:.2f}x" if base else "-"
+        print(f"{r['name']:<24} {r['images_per_s']:>10.0f} {base or 0:>10.0f} {ratio:>6}")
+    now = dt.datetime.now(dt.UTC)
+    record = {
+        "kind": args.kind,
+        "device": describe_device("cpu"),
+        "command": "reslab " + shlex.join(sys.argv[1:]),
+        "code_version": code_version(),
+        "torch_version": torch.__version__,
+        "date": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "note": args.note,
+        "results": rows,
+    }
+    out = Path(args.out) / f"{now:%Y-%m-%d}-cpu-{args.kind}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reslab",
         description="Deep residual networks (He et al., 2016): models, training, analysis.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_list, _add_info, _add_train, _add_eval, _add_demo):
+    for add in (_add_list, _add_info, _add_train, _add_eval, _add_demo, _add_bench):
         add(sub)
     return parser
 

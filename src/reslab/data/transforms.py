@@ -66,7 +66,11 @@ class Normalize(nn.Module):
         return cls(mean, std, mode)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / 255 - self.mean) / self.std
+        mean = self.mean
+        if mean.shape[-2:] != (1, 1) and mean.shape[-2:] != images.shape[-2:]:
+            # a per-pixel mean applied at another resolution (multi-scale testing): resize it
+            mean = F.interpolate(mean, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return (images.float() / 255 - mean) / self.std
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, mean={tuple(self.mean.shape)}"

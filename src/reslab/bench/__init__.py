@@ -1,0 +1,1 @@
+"""Benchmarks behind ``reslab bench``: throughput measured side by side, reported as tables and JSON."""

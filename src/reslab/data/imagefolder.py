@@ -1,0 +1,282 @@
+"""ImageNet-style class-per-folder JPEG datasets with the paper's training and testing views.
+
+    RESLAB_DATA=../shared/data uv run python -c "from reslab.data.imagefolder import ImageFolder; print(len(ImageFolder('../shared/data/imagenette/val')))"
+
+Training (Sec. 3.4): the shorter side resized to a random length in [256, 480] (scale augmentation),
+a random 224x224 crop, a horizontal flip with probability 1/2; then, per batch and on the batch's
+device, mean subtraction and AlexNet's PCA lighting noise. Testing: shorter side 256 and the centre
+224 crop; 10-crop (four corners and the centre, and their mirror images); fully-convolutional
+multi-scale testing with shorter sides {224, 256, 384, 480, 640} (see ``reslab.engine.multiview``).
+
+Images are decoded by ``torchvision.io`` in ``DataLoader`` workers; greyscale and CMYK JPEGs become
+RGB. A file that cannot be decoded raises :class:`CorruptImageError` naming it, or, with
+``on_error="skip"``, is left out of its batch and listed in the loader's ``skipped``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# AlexNet's PCA of ImageNet RGB pixels (in [0, 1]): eigenvalues and eigenvectors (columns).
+PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+MULTISCALE_SIZES = (224, 256, 384, 480, 640)
+ON_ERROR = ("raise", "skip")
+
+
+class CorruptImageError(RuntimeError):
+    """An image file that cannot be read or decoded; the message names the file."""
+
+
+def scan_folder(root: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Class names (sorted sub-folders) and (path, class index) for every image below ``root``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"image folder {root} does not exist (expected one sub-folder per class)"
+        )
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise FileNotFoundError(
+            f"{root} has no class sub-folders (expected <root>/<class>/<image>.JPEG)"
+        )
+    samples = [
+        (path, index)
+        for index, name in enumerate(classes)
+        for path in sorted((root / name).rglob("*"))
+        if path.suffix.lower() in IMG_EXTENSIONS and path.is_file()
+    ]
+    if not samples:
+        raise FileNotFoundError(f"no {'/'.join(IMG_EXTENSIONS)} images found under {root}")
+    return classes, samples
+
+
+def decode(path: str | Path) -> torch.Tensor:
+    """An image file as uint8 RGB 3 x H x W; :class:`CorruptImageError` (naming it) otherwise."""
+    try:
+        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    except (RuntimeError, OSError, ValueError) as err:
+        raise CorruptImageError(f"cannot decode image {path}: {str(err).splitlines()[0]}") from None
+
+
+def resize_shorter(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize so the shorter side is ``size`` (bilinear, antialiased), keeping the aspect ratio."""
+    h, w = image.shape[-2:]
+    if min(h, w) == size:
+        return image
+    scale = size / min(h, w)
+    new = (size, max(size, round(w * scale))) if h <= w else (max(size, round(h * scale)), size)
+    return TF.resize(image, list(new), antialias=True)
+
+
+class ScaleAugment:
+    """Training view: shorter side uniform in [smin, smax], random ``crop`` square, random flip."""
+
+    def __init__(
+        self, smin: int = 256, smax: int = 480, crop: int = 224, flip: bool = True
+    ) -> None:
+        if not crop <= smin <= smax:
+            raise ValueError(
+                f"need crop <= smin <= smax, got crop={crop}, smin={smin}, smax={smax}"
+            )
+        self.smin, self.smax, self.crop, self.flip = smin, smax, crop, flip
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        image = resize_shorter(image, random.randint(self.smin, self.smax))
+        h, w = image.shape[-2:]
+        top, left = random.randint(0, h - self.crop), random.randint(0, w - self.crop)
+        image = image[:, top : top + self.crop, left : left + self.crop]
+        if self.flip and random.random() < 0.5:
+            image = image.flip(-1)
+        return image.contiguous()
+
+
+class CenterCrop:
+    """Standard single-crop test view: shorter side ``resize``, centre ``crop`` square."""
+
+    def __init__(self, resize: int = 256, crop: int = 224) -> None:
+        self.resize, self.crop = resize, crop
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return TF.center_crop(resize_shorter(image, self.resize), [self.crop, self.crop])
+
+
+class TenCrop:
+    """10-crop test views (K x 3 x crop x crop, K = 10): four corners and centre, and their mirrors."""
+
+    def __init__(self, resize: int = 256, crop: int = 224) -> None:
+        self.resize, self.crop = resize, crop
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        image = resize_shorter(image, self.resize)
+        return torch.stack(TF.ten_crop(image, [self.crop, self.crop]))
+
+
+class ImageFolder(Dataset):
+    """Class-per-folder images; ``transform`` maps a uint8 RGB image to the returned tensor."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        on_error: str = "raise",
+    ) -> None:
+        if on_error not in ON_ERROR:
+            raise ValueError(
+                f"on_error={on_error!r} is invalid; valid choices: {', '.join(ON_ERROR)}"
+            )
+        self.root, self.transform, self.on_error = Path(root), transform, on_error
+        self.classes, self.samples = scan_folder(root)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, str]:
+        path, label = self.samples[index]
+        try:
+            image = decode(path)
+        except CorruptImageError:
+            if self.on_error == "raise":
+                raise
+            return None, label, str(path)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label, str(path)
+
+
+def collate(
+    batch: list[tuple[torch.Tensor | None, int, str]],
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Stack the decoded images; return the paths of those that were skipped as corrupt."""
+    kept = [(img, label) for img, label, _ in batch if img is not None]
+    skipped = [path for img, _, path in batch if img is None]
+    if not kept:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped
+    return torch.stack([k[0] for k in kept]), torch.tensor([k[1] for k in kept]), skipped
+
+
+class Lighting(torch.nn.Module):
+    """AlexNet PCA lighting noise: each image gets ``eigvec @ (alpha * eigval)`` added to all of its
+    pixels (in [0, 1] units), with ``alpha ~ N(0, std)`` drawn per image and eigenvector."""
+
+    def __init__(self, std: float = 0.1) -> None:
+        super().__init__()
+        self.std = std
+        self.register_buffer("eigval", torch.tensor(PCA_EIGVAL))
+        self.register_buffer("eigvec", torch.tensor(PCA_EIGVEC))
+
+    def offsets(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """N x 3 RGB offsets, one per image."""
+        alpha = torch.randn(n, 3, generator=generator).to(self.eigval.device) * self.std
+        return (alpha * self.eigval) @ self.eigvec.T
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``x``: float N x 3 x H x W in [0, 1] units."""
+        return x + self.offsets(x.shape[0], generator)[:, :, None, None].to(x.dtype)
+
+
+class ImageFolderLoader:
+    """Batches of (normalised float images on ``device``, labels) from an :class:`ImageFolder`.
+
+    Decoding and the per-image geometry run in ``workers`` processes; mean subtraction and (for
+    training) lighting noise run on the whole batch on ``device``. ``skipped`` lists the files left
+    out as corrupt (with ``on_error="skip"``).
+    """
+
+    def __init__(
+        self,
+        dataset: ImageFolder,
+        batch_size: int,
+        normalize: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        train: bool,
+        lighting: float = 0.1,
+        workers: int = 2,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.dataset, self.normalize, self.train = dataset, normalize, train
+        self.device = torch.device(device)
+        self.lighting = Lighting(lighting if train else 0.0).to(self.device)
+        self.seed, self.skipped, self.epoch = seed, [], 0
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            generator=torch.Generator().manual_seed(seed),
+            worker_init_fn=_seed_worker,
+        )
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        self.epoch += 1
+        for images, labels, skipped in self.loader:
+            self.skipped.extend(skipped)
+            if len(labels) == 0:
+                continue
+            images = images.to(self.device, non_blocking=True)
+            if images.dim() == 5:  # multi-view test batches: N x K x C x H x W
+                x = self.normalize(images.flatten(0, 1)).unflatten(0, images.shape[:2])
+            else:
+                x = self.normalize(images)
+                if self.train and self.lighting.std > 0:
+                    # noise defined in [0, 1] pixel units, added after normalisation: divide by std
+                    shift = self.lighting.offsets(len(x), generator)[:, :, None, None]
+                    x = x + shift / getattr(self.normalize, "std", 1.0)
+            yield x, labels.to(self.device, non_blocking=True)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+
+
+def imagenet_normalize(
+    mode: str = "channel", dataset: ImageFolder | None = None, limit: int = 10000
+) -> torch.nn.Module:
+    """ImageNet input normalisation.
+
+    ``"channel"``: the standard ImageNet per-channel mean and std. ``"pixel"`` (the paper): the
+    per-pixel mean of the centre 224 crops of up to ``limit`` images of the training ``dataset``
+    (std 1); at other input sizes the mean image is resized to match.
+    """
+    from reslab.data.transforms import Normalize
+
+    if mode == "channel":
+        return Normalize(
+            torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1),
+            torch.tensor(IMAGENET_STD).view(1, 3, 1, 1),
+            "channel",
+        )
+    if mode != "pixel":
+        raise ValueError(f"normalization={mode!r} is invalid; valid choices: channel, pixel")
+    if dataset is None:
+        raise ValueError("normalization='pixel' needs the training dataset to fit the mean image")
+    crop = CenterCrop()
+    total, n = torch.zeros(3, 224, 224, dtype=torch.float64), 0
+    for path, _ in dataset.samples[:: max(1, len(dataset.samples) // limit)][:limit]:
+        total += crop(decode(path)).double()
+        n += 1
+    return Normalize((total / n / 255)[None], torch.ones(1, 1, 1, 1), "pixel")

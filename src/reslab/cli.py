@@ -140,13 +140,22 @@ def _run(cfg, out: str | None, *, resume_required: bool = False, progress: bool 
                 f"{run_dir} holds a run of a different config; resume it with its own settings, or "
                 "start a new run with --out <another directory>"
             )
-    print(f"run directory: {run_dir}", flush=True)
+    if _is_main_process():
+        print(f"run directory: {run_dir}", flush=True)
     return fit(cfg, run_dir, progress=progress)
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _print_summary(summary: dict) -> None:
     import json
 
+    if not _is_main_process():
+        return
     if summary["status"] != "finished":
         print(
             f"interrupted at iteration {summary['iteration']}; checkpoint {summary['checkpoint']}; "
@@ -203,7 +212,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = _load_run_config(args)
     summary = _run(cfg, args.out)
     _print_summary(summary)
-    if summary["status"] == "finished":
+    if summary["status"] == "finished" and _is_main_process():
         print(
             f"reslab demo: CIFAR-10 test accuracy of ResNet-20 after {n} iterations: "
             f"{100 - summary['test_error']:.2f}%"

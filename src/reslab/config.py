@@ -58,7 +58,9 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda when present), "cpu" or "cuda"
     precision: str = "bf16"  # training autocast: "bf16" or "fp32" (evaluation is always fp32)
     channels_last: bool = True  # NHWC memory format (faster on CPU and tensor cores)
-    compile: bool = False  # torch.compile the training step
+    compile: bool = False  # torch.compile the model
+    sync_bn: bool = False  # SyncBatchNorm across processes in distributed training (GPU only)
+    tensorboard: bool = True  # also write TensorBoard event files into the run directory
     log_every: int = 100  # iterations per metrics.jsonl line (and warm-up check)
     eval_every: int = 2000  # iterations between test evaluations (0: at the end only)
     eval_batch_size: int = 1000  # evaluation batch size

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from reslab.data.transforms import random_crop_flip
+from reslab.data.transforms import crop_flip, crop_flip_params
 
 
 def seeded_generator(*key: int) -> torch.Generator:
@@ -33,6 +33,8 @@ class TensorLoader:
         train: shuffle, augment (pad-crop-flip) and drop the last partial batch.
         seed: seeds the order and the augmentation (see the module doc).
         pad: padding of the random crop (the paper's 4).
+        shard: ``(rank, world_size)``: yield only this rank's equal slice of every global batch,
+            augmented exactly as in a single process (``batch_size`` is the global batch).
     """
 
     def __init__(
@@ -46,7 +48,13 @@ class TensorLoader:
         seed: int = 0,
         pad: int = 4,
         device: torch.device | str = "cpu",
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
+        rank, world = shard
+        if not 0 <= rank < world:
+            raise ValueError(f"shard={shard}: need 0 <= rank < world_size")
+        if train and batch_size % world:
+            raise ValueError(f"global batch {batch_size} is not divisible by {world} processes")
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         if len(images) != len(labels):
@@ -58,7 +66,7 @@ class TensorLoader:
         self.device = torch.device(device)
         self.images, self.labels = images.to(self.device), labels.to(self.device)
         self.batch_size, self.normalize, self.train = batch_size, normalize, train
-        self.seed, self.pad = seed, pad
+        self.seed, self.pad, self.shard = seed, pad, shard
 
     def __len__(self) -> int:
         n = len(self.images)
@@ -76,11 +84,17 @@ class TensorLoader:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start, start+1, ...`` of ``epoch``."""
         order = self.order(epoch).to(self.device)
+        rank, world = self.shard
         for b in range(start, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            part = slice(rank * len(idx) // world, (rank + 1) * len(idx) // world)
+            idx = idx[part]
             x = self.images[idx]
-            if self.train:
-                x = random_crop_flip(x, seeded_generator(self.seed, epoch, b), self.pad)
+            if self.train:  # drawn for the whole global batch, then this rank's part
+                params = crop_flip_params(
+                    self.batch_size, seeded_generator(self.seed, epoch, b), self.pad
+                )
+                x = crop_flip(x, *(p[part] for p in params), pad=self.pad)
             yield self.normalize(x), self.labels[idx]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

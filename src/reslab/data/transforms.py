@@ -17,18 +17,22 @@ from torch import nn
 NORMALIZATIONS = ("pixel", "channel")
 
 
-def random_crop_flip(
-    images: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True
-) -> torch.Tensor:
-    """Pad each image by ``pad`` zeros, take a random same-size crop, mirror half of them.
-
-    ``images`` is N x C x H x W (any dtype, any device); the result has the same shape.
-    """
-    n, c, h, w = images.shape
+def crop_flip_params(
+    n: int, generator: torch.Generator, pad: int = 4, flip: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random crop offsets (row, column in [0, 2*pad]) and mirror flags for ``n`` images (CPU)."""
     offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator)
     mirror = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    return offsets[0], offsets[1], mirror
+
+
+def crop_flip(
+    images: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, mirror: torch.Tensor, pad: int = 4
+) -> torch.Tensor:
+    """Zero-pad by ``pad``, crop at (oy, ox) to the input size and mirror where asked: one gather."""
+    n, c, h, w = images.shape
     device = images.device
-    oy, ox, mirror = offsets[0].to(device), offsets[1].to(device), mirror.to(device)
+    oy, ox, mirror = oy.to(device), ox.to(device), mirror.to(device)
     rows = oy[:, None] + torch.arange(h, device=device)  # N x H
     base = torch.arange(w, device=device)
     cols = ox[:, None] + torch.where(mirror[:, None], w - 1 - base, base)  # N x W
@@ -36,6 +40,16 @@ def random_crop_flip(
     n_idx = torch.arange(n, device=device)[:, None, None, None]
     c_idx = torch.arange(c, device=device)[None, :, None, None]
     return padded[n_idx, c_idx, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def random_crop_flip(
+    images: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True
+) -> torch.Tensor:
+    """Pad each image by ``pad`` zeros, take a random same-size crop, mirror half of them.
+
+    ``images`` is N x C x H x W (any dtype, any device); the result has the same shape.
+    """
+    return crop_flip(images, *crop_flip_params(len(images), generator, pad, flip), pad=pad)
 
 
 class Normalize(nn.Module):

@@ -18,16 +18,34 @@ def _clean(value: Any) -> Any:
 
 
 class JsonlLogger:
-    """Appends records to a JSONL file (flushed per line, so a crash loses nothing written)."""
+    """Appends records to a JSONL file (flushed per line, so a crash loses nothing written), and
+    mirrors numeric fields to TensorBoard event files in ``tensorboard_dir`` when given."""
 
-    def __init__(self, path: str | Path, enabled: bool = True) -> None:
+    def __init__(
+        self, path: str | Path, enabled: bool = True, tensorboard_dir: str | Path | None = None
+    ) -> None:
         self.path, self.enabled = Path(path), enabled
         self._file = open(self.path, "a") if enabled else None  # noqa: SIM115
+        self._tb = None
+        if enabled and tensorboard_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(tensorboard_dir))
 
     def log(self, **record: Any) -> None:
-        if self._file is not None:
-            self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
-            self._file.flush()
+        if self._file is None:
+            return
+        self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        self._file.flush()
+        if self._tb is not None and "iteration" in record:
+            step = record["iteration"]
+            for key, value in record.items():
+                if (
+                    key not in ("iteration", "epoch")
+                    and isinstance(value, int | float)
+                    and not isinstance(value, bool)
+                ):
+                    self._tb.add_scalar(key, value, step)
 
     def truncate_after(self, iteration: int) -> None:
         """Drop records past ``iteration`` (written after the checkpoint a resume starts from)."""
@@ -42,6 +60,9 @@ class JsonlLogger:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -34,6 +34,7 @@ from reslab.config import Config
 from reslab.data.cifar import load_cifar10
 from reslab.data.loaders import TensorLoader
 from reslab.data.transforms import Normalize
+from reslab.engine import distributed
 from reslab.engine.checkpoint import (
     atomic_save,
     list_checkpoints,
@@ -83,8 +84,13 @@ def fit_normalizer(cfg: Config, train_images: torch.Tensor) -> Normalize:
     return Normalize.fit(train_images, cfg.data.normalization)
 
 
-def build_cifar(cfg: Config, device: torch.device) -> tuple[TensorLoader, TensorLoader]:
-    """Training and evaluation loaders of a CIFAR-10 config (datasets resident on ``device``)."""
+def build_cifar(
+    cfg: Config, device: torch.device, shard: tuple[int, int] = (0, 1)
+) -> tuple[TensorLoader, TensorLoader]:
+    """Training and evaluation loaders of a CIFAR-10 config (datasets resident on ``device``).
+
+    ``shard=(rank, world_size)`` gives this process's slice of every global training batch.
+    """
     train_x, train_y = load_cifar10(cfg.data.data_dir, cfg.data.split)
     eval_x, eval_y = load_cifar10(cfg.data.data_dir, cfg.data.eval_split)
     normalize = fit_normalizer(cfg, train_x).to(device)
@@ -95,7 +101,7 @@ def build_cifar(cfg: Config, device: torch.device) -> tuple[TensorLoader, Tensor
 
     common = {"normalize": prepare, "seed": cfg.train.seed, "device": device}
     train = TensorLoader(
-        train_x, train_y, cfg.train.batch_size, train=True, pad=cfg.data.pad, **common
+        train_x, train_y, cfg.train.batch_size, train=True, pad=cfg.data.pad, shard=shard, **common
     )
     test = TensorLoader(eval_x, eval_y, cfg.train.eval_batch_size, train=False, **common)
     return train, test
@@ -226,80 +232,115 @@ def save_safetensors(model: nn.Module, path: Path, cfg: Config) -> None:
 def fit(
     cfg: Config, run_dir: str | Path, *, resume: bool = True, progress: bool = True
 ) -> dict[str, Any]:
-    """Train ``cfg`` in ``run_dir`` (resuming from its newest checkpoint) and return the summary."""
+    """Train ``cfg`` in ``run_dir`` (resuming from its newest checkpoint) and return the summary.
+
+    Under torchrun with several processes the run is data-parallel (:mod:`reslab.engine.distributed`).
+    """
     run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
     summary_path = run_dir / "summary.json"
-    if resume and summary_path.is_file() and (ckpt_dir / "final.pt").is_file():
+    if resume and summary_path.is_file() and (run_dir / "checkpoints" / "final.pt").is_file():
         summary = json.loads(summary_path.read_text())
         if summary.get("status") == "finished":
             return summary
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    info, device = distributed.setup(resolve_device(cfg.train.device))
+    try:
+        return _fit(cfg, run_dir, info, device, resume=resume, progress=progress)
+    finally:
+        distributed.cleanup()
 
-    device = resolve_device(cfg.train.device)
+
+def _wrap_model(cfg: Config, core: nn.Module, info: distributed.DistInfo, device: torch.device):
+    """(the module to save and evaluate, the module to train: DDP-wrapped and/or compiled)."""
+    model = core
+    if info.enabled:
+        if cfg.train.sync_bn:
+            if device.type != "cuda":
+                raise ValueError(
+                    "train.sync_bn=true needs CUDA devices (SyncBatchNorm does not run on CPU)"
+                )
+            core = model = nn.SyncBatchNorm.convert_sync_batchnorm(core)
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(core, device_ids=ids)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    return core, model
+
+
+def _fit(
+    cfg: Config,
+    run_dir: Path,
+    info: distributed.DistInfo,
+    device: torch.device,
+    *,
+    resume: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    ckpt_dir, t, o = run_dir / "checkpoints", cfg.train, cfg.optim
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if device.type == "cpu":
         configure_cpu()
-    seed_everything(cfg.train.seed)
-    model = build_model(cfg, device)
-    optimizer = PaperSGD(
-        model.parameters(), cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay
-    )
-    o = cfg.optim
+    seed_everything(t.seed)
+    core, model = _wrap_model(cfg, build_model(cfg, device), info, device)
+    optimizer = PaperSGD(core.parameters(), o.lr, o.momentum, o.weight_decay)
     schedule = StepSchedule(o.lr, o.milestones, o.gamma, o.warmup_lr, o.warmup_until_error)
-    train_loader, eval_loader = build_cifar(cfg, device)
+    train_loader, eval_loader = build_cifar(cfg, device, shard=(info.rank, info.world_size))
     state = TrainState()
-    window = {
-        "loss": torch.zeros((), device=device),
-        "errors": torch.zeros((), device=device),
-        "n": 0,
-    }
+    # loss sum, error count and image count of the current logging window, kept on the device
+    window = torch.zeros(3, device=device, dtype=torch.float64)
 
     checkpoints = list_checkpoints(ckpt_dir) if resume else []
     if checkpoints:
         ckpt = load_checkpoint(checkpoints[-1])
-        model.load_state_dict(ckpt["model"])
+        core.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["schedule"])
         state = TrainState(**ckpt["state"])
-        window = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in ckpt["window"].items()}
+        if info.is_main:  # the saved window already holds the sum over processes
+            window.copy_(ckpt["window"])
         set_rng_state(ckpt["rng"])
-    logger = JsonlLogger(run_dir / "metrics.jsonl")
+    tb_dir = run_dir / "tensorboard" if t.tensorboard else None
+    logger = JsonlLogger(run_dir / "metrics.jsonl", enabled=info.is_main, tensorboard_dir=tb_dir)
+    logger.truncate_after(state.iteration if checkpoints else -1)
     if checkpoints:
-        logger.truncate_after(state.iteration)
         logger.log(event="resume", iteration=state.iteration, code_version=code_version())
-    else:
-        logger.truncate_after(-1)
 
-    def save(name: str) -> Path:
-        state.wall_time_s = wall_base + time.perf_counter() - session_start
-        payload = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "state": asdict(state),
-            "window": window,
-            "rng": rng_state(),
-            "config": cfg.to_dict(),
-            "code_version": code_version(),
-        }
-        path = atomic_save(payload, ckpt_dir / name)
-        prune_checkpoints(ckpt_dir, cfg.train.keep_checkpoints)
-        return path
-
-    total, t = cfg.train.iterations, cfg.train
+    total = t.iterations
+    session_start, wall_base = time.perf_counter(), state.wall_time_s
+    clock = {"t": time.perf_counter(), "train_s": 0.0, "images": 0}  # this session's training steps
+    last = {"train_error": float("nan"), "train_loss": float("nan"), "stop": False}
     bar = tqdm(
         total=total,
         initial=state.iteration,
         unit="it",
         desc=cfg.name or cfg.model.name,
-        disable=not progress,
+        disable=not (progress and info.is_main),
         dynamic_ncols=True,
         mininterval=1.0,
     )
-    last = {"train_error": float("nan"), "train_loss": float("nan")}
-    session_start, wall_base = time.perf_counter(), state.wall_time_s
-    clock = {"t": time.perf_counter(), "train_s": 0.0, "images": 0}  # this session's training steps
+
+    def save(name: str) -> Path | None:
+        """Checkpoint; every process calls it (the window is summed over them), rank 0 writes."""
+        state.wall_time_s = wall_base + time.perf_counter() - session_start
+        distributed.all_reduce_sum(window, info)
+        if not info.is_main:
+            window.zero_()
+            return None
+        payload = {
+            "model": core.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "state": asdict(state),
+            "window": window.cpu(),
+            "rng": rng_state(),
+            "config": cfg.to_dict(),
+            "code_version": code_version(),
+            "world_size": info.world_size,
+        }
+        path = atomic_save(payload, ckpt_dir / name)
+        prune_checkpoints(ckpt_dir, t.keep_checkpoints)
+        return path
 
     def tick() -> None:
         """Account the training time since the last tick (evaluation and saving excluded)."""
@@ -311,50 +352,49 @@ def fit(
         clock["t"] = now
 
     def log_window() -> None:
-        n = window["n"]
-        loss, err = window["loss"].item() / n, 100 * window["errors"].item() / n
+        loss_sum, errors, n = distributed.all_reduce_sum(window, info).tolist()
+        window.zero_()
+        loss, err = loss_sum / n, 100 * errors / n
         last.update(train_loss=loss, train_error=err)
-        ips = clock["images"] / clock["train_s"] if clock["train_s"] > 0 else float("nan")
+        lr = optimizer.param_groups[0]["lr"]
+        images = info.world_size * clock["images"]
+        ips = images / clock["train_s"] if clock["train_s"] > 0 else float("nan")
         logger.log(
             iteration=state.iteration,
             epoch=state.epoch,
-            lr=optimizer.param_groups[0]["lr"],
+            lr=lr,
             train_loss=loss,
             train_error=err,
             images_per_s=ips,
             peak_memory_mb=_peak_memory_mb(device),
         )
-        bar.set_postfix(
-            loss=f"{loss:.3f}", err=f"{err:.1f}%", lr=f"{optimizer.param_groups[0]['lr']:g}"
-        )
-        if schedule.observe_train_error(err, state.iteration):
-            logger.log(
-                event="warmup_end",
-                iteration=state.iteration,
-                train_error=err,
-                lr=schedule.lr(state.iteration),
-            )
-            bar.write(
-                f"iteration {state.iteration}: training error {err:.1f}% < {o.warmup_until_error}%, lr -> {schedule.lr(state.iteration):g}"
-            )
-        window.update(
-            loss=torch.zeros((), device=device), errors=torch.zeros((), device=device), n=0
-        )
+        bar.set_postfix(loss=f"{loss:.3f}", err=f"{err:.1f}%", lr=f"{lr:g}")
+        if schedule.observe_train_error(err, state.iteration):  # same numbers in every process
+            new_lr = schedule.lr(state.iteration)
+            logger.log(event="warmup_end", iteration=state.iteration, train_error=err, lr=new_lr)
+            if info.is_main:
+                bar.write(
+                    f"iteration {state.iteration}: training error {err:.1f}% < "
+                    f"{o.warmup_until_error}%, lr -> {new_lr:g}"
+                )
 
-    def evaluate_now() -> dict[str, float]:
-        result = evaluate(model, eval_loader)
-        logger.log(
-            iteration=state.iteration,
-            test_error=result["error"],
-            test_top5_error=result["top5_error"],
-            test_loss=result["loss"],
-        )
+    def evaluate_now() -> dict[str, float] | None:
+        result = None
+        if info.is_main:
+            result = evaluate(core, eval_loader)
+            logger.log(
+                iteration=state.iteration,
+                test_error=result["error"],
+                test_top5_error=result["top5_error"],
+                test_loss=result["loss"],
+            )
+        distributed.barrier(info)
         return result
 
     def on_step(loss_sum: torch.Tensor, errors: torch.Tensor, batch: int) -> bool:
-        window["loss"] += loss_sum
-        window["errors"] += errors
-        window["n"] += batch
+        window[0] += loss_sum
+        window[1] += errors
+        window[2] += batch
         clock["images"] += batch
         bar.update(1)
         it = state.iteration
@@ -369,10 +409,11 @@ def fit(
             tick()
             save(f"ckpt_{it:07d}.pt")
             clock["t"] = time.perf_counter()
-        return stop.requested
+        last["stop"] = distributed.any_process(stop.requested, info, device)
+        return last["stop"]
 
     with _StopRequest() as stop:
-        while state.iteration < total and not stop.requested:
+        while state.iteration < total and not last["stop"]:
             train_one_epoch(
                 model,
                 optimizer,
@@ -393,7 +434,10 @@ def fit(
 
     result = evaluate_now()
     save("final.pt")  # also brings state.wall_time_s up to date
-    save_safetensors(model, run_dir / "model.safetensors", cfg)
+    if not info.is_main:
+        return {"status": "finished", "rank": info.rank}
+    save_safetensors(core, run_dir / "model.safetensors", cfg)
+    processes = f" x {info.world_size} processes" if info.enabled else ""
     summary = {
         "status": "finished",
         "name": cfg.name,
@@ -401,6 +445,7 @@ def fit(
         "model_options": cfg.model.options,
         "iterations": state.iteration,
         "batch_size": t.batch_size,
+        "world_size": info.world_size,
         "train_split": cfg.data.split,
         "eval_split": cfg.data.eval_split,
         "train_error": last["train_error"],
@@ -414,7 +459,7 @@ def fit(
         if state.train_time_s
         else None,
         "peak_memory_mb": round(_peak_memory_mb(device), 1),
-        "device": describe_device(device),
+        "device": describe_device(device) + processes,
         "precision": t.precision,
         "seed": t.seed,
         "code_version": code_version(),
@@ -423,6 +468,6 @@ def fit(
     }
     if schedule.warmup_ended_at is not None:
         summary["warmup_ended_at"] = schedule.warmup_ended_at
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     logger.close()
     return summary

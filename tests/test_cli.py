@@ -71,6 +71,16 @@ def test_train_then_eval_agree(data_dir, tmp_path, capsys):
     assert main(["eval", str(tmp_path / "run"), "--data-dir", str(data_dir)]) == 0
     evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert abs(evaluated["test_error"] - trained["test_error"]) < 0.05
+    # predict: a real CIFAR test image saved as PNG gets CIFAR class names
+    from PIL import Image
+
+    from reslab.data.cifar import CLASSES, load_cifar10
+
+    images, _ = load_cifar10(data_dir, "test")
+    Image.fromarray(images[0].permute(1, 2, 0).numpy()).save(tmp_path / "cat.png")
+    assert main(["predict", str(tmp_path / "run"), str(tmp_path / "cat.png"), "--topk", "2"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(str(tmp_path / "cat.png")) and sum(c in line for c in CLASSES) >= 2
     # the same directory with another config is refused instead of silently mixed
     assert main([*args[:-2], "--set", "train.batch_size=64"]) == 2
     assert "different config" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from reslab.engine import PaperSGD, StepSchedule, fit
 from reslab.engine import trainer as trainer_module
 from reslab.engine.checkpoint import CheckpointError, atomic_save, list_checkpoints, load_checkpoint
 from reslab.engine.logging import read_jsonl
+from reslab.engine.optim import PlateauSchedule
 from reslab.engine.weights import load_weights
 
 
@@ -220,3 +221,19 @@ def test_resnet20_learns_in_400_iterations(data_dir, tmp_path):
     )
     summary = fit(cfg, tmp_path / "learn", progress=False)
     assert 100 - summary["test_error"] >= 40.0
+
+
+def test_plateau_schedule_drops_when_the_error_stalls():
+    s = PlateauSchedule(0.1, gamma=0.1, patience=2, threshold=0.5)
+    for it, err in enumerate([50.0, 40.0, 39.8, 39.9], start=1):  # two evaluations without progress
+        dropped = s.observe_eval_error(err, it)
+    assert dropped and s.lr(5) == pytest.approx(0.01) and s.drops == [4]
+    assert not s.observe_eval_error(30.0, 5) and s.lr(6) == pytest.approx(0.01)
+    restored = PlateauSchedule(0.1)
+    restored.load_state_dict(s.state_dict())
+    assert restored.lr(7) == pytest.approx(0.01) and restored.best == 30.0
+
+
+def test_plateau_needs_evaluations():
+    with pytest.raises(ConfigError, match=r"needs train\.eval_every"):
+        load_config("cifar10/resnet20", ["optim.schedule=plateau", "train.eval_every=0"])

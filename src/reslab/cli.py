@@ -221,56 +221,169 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="test a run directory or model.safetensors on CIFAR-10")
+    p = sub.add_parser(
+        "eval", help="test a run directory or model.safetensors (CIFAR-10 or an image folder)"
+    )
     p.add_argument("weights", help="run directory or .safetensors file")
     p.add_argument(
         "--data-dir", help="dataset root (default: $RESLAB_DATA or ~/.cache/reslab/data)"
     )
-    p.add_argument("--split", default="test", choices=["test", "val5k"], help="evaluation split")
+    p.add_argument("--split", default="test", choices=["test", "val5k"], help="CIFAR-10 split")
+    p.add_argument("--eval-dir", help="image folder under the data root (default: the run's)")
+    views = p.add_mutually_exclusive_group()
+    views.add_argument("--tencrop", action="store_true", help="10-crop testing (image folders)")
+    views.add_argument(
+        "--multiscale", action="store_true", help="multi-scale testing, shorter sides 224-640"
+    )
+    p.add_argument(
+        "--limit", type=int, default=0, help="evaluate at most this many images (0: all)"
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=500)
     p.set_defaults(func=cmd_eval)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
-    from reslab.data.cifar import load_cifar10
-    from reslab.data.loaders import TensorLoader
-    from reslab.data.transforms import Normalize
     from reslab.engine.runtime import describe_device, resolve_device
-    from reslab.engine.trainer import evaluate
-    from reslab.engine.weights import find_weights, load_weights
+    from reslab.engine.weights import find_weights, load_weights, normalizer_from_metadata
 
     path = find_weights(args.weights)
     model, meta = load_weights(path)
-    if meta.get("dataset", "cifar10") != "cifar10":
-        raise ValueError(
-            f"{path} was trained on {meta['dataset']}; reslab eval handles cifar10 here"
-        )
     device = resolve_device(args.device)
-    train_x, _ = load_cifar10(args.data_dir, meta.get("train_split", "train"))
-    normalize = Normalize.fit(train_x, meta.get("normalization", "pixel")).to(device)
-    images, labels = load_cifar10(args.data_dir, args.split)
-    loader = TensorLoader(images, labels, args.batch_size, normalize, train=False, device=device)
-    result = evaluate(model.to(device), loader)
+    model = model.to(device)
+    normalize = normalizer_from_metadata(meta)
+    if meta.get("dataset", "cifar10") == "cifar10":
+        if args.tencrop or args.multiscale:
+            raise ValueError(
+                "--tencrop/--multiscale apply to image-folder models; CIFAR is tested on the single 32x32 view"
+            )
+        result, what = _eval_cifar(model, meta, normalize, args, device), f"CIFAR-10 {args.split}"
+    else:
+        result, what = _eval_folder(model, meta, normalize, args, device)
     print(
-        f"{meta.get('model')} ({path}): CIFAR-10 {args.split} error {result['error']:.2f}% "
+        f"{meta.get('model')} ({path}): {what} error {result['error']:.2f}% "
         f"(accuracy {100 - result['error']:.2f}%), top-5 error {result['top5_error']:.2f}%, "
         f"{result['images']} images, {describe_device(device)}"
     )
-    print(
-        json.dumps(
-            {
-                "test_error": result["error"],
-                "test_top5_error": result["top5_error"],
-                "test_loss": result["loss"],
-                "images": result["images"],
-                "split": args.split,
-                "weights": str(path),
-            }
-        )
+    record = {
+        "test_error": result["error"],
+        "test_top5_error": result["top5_error"],
+        "images": result["images"],
+        "split": what,
+        "weights": str(path),
+    }
+    print(json.dumps(record))
+    return 0
+
+
+def _eval_cifar(model, meta, normalize, args, device) -> dict:
+    from reslab.data.cifar import load_cifar10
+    from reslab.data.loaders import TensorLoader
+    from reslab.data.transforms import Normalize
+    from reslab.engine.trainer import evaluate
+
+    if normalize is None:  # weights written before the statistics were stored: refit them
+        train_x, _ = load_cifar10(args.data_dir, meta.get("train_split", "train"))
+        normalize = Normalize.fit(train_x, meta.get("normalization", "pixel"))
+    images, labels = load_cifar10(args.data_dir, args.split)
+    if args.limit:
+        images, labels = images[: args.limit], labels[: args.limit]
+    loader = TensorLoader(
+        images, labels, args.batch_size, normalize.to(device), train=False, device=device
     )
+    return evaluate(model, loader)
+
+
+def _eval_folder(model, meta, normalize, args, device) -> tuple[dict, str]:
+    import torch
+
+    from reslab.data.imagefolder import CenterCrop, ImageFolder, ImageFolderLoader, TenCrop, decode
+    from reslab.data.paths import data_root
+    from reslab.engine.multiview import multiscale_probs, topk_errors
+    from reslab.engine.trainer import evaluate
+
+    root = data_root(args.data_dir) / (args.eval_dir or meta.get("eval_dir", "imagenet/val"))
+    resize, crop = int(meta.get("resize", 256)), int(meta.get("crop", 224))
+    normalize = normalize.to(device)
+    if args.multiscale:
+        dataset = ImageFolder(root).strided(args.limit)
+        top1 = top5 = 0
+        for path, label in dataset.samples:
+            probs = multiscale_probs(model.eval(), decode(path), normalize)
+            e1, e5 = topk_errors(probs[None], torch.tensor([label], device=probs.device))
+            top1, top5 = top1 + e1, top5 + e5
+        n = len(dataset.samples)
+        return {
+            "error": 100 * top1 / n,
+            "top5_error": 100 * top5 / n,
+            "images": n,
+        }, f"{root} multi-scale"
+    transform = TenCrop(resize, crop) if args.tencrop else CenterCrop(resize, crop)
+    batch = max(1, args.batch_size // 10) if args.tencrop else args.batch_size
+    dataset = ImageFolder(root, transform).strided(args.limit)
+    loader = ImageFolderLoader(dataset, batch, normalize, train=False, device=device)
+    return evaluate(model, loader), f"{root} {'10-crop' if args.tencrop else 'centre crop'}"
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="top-k classes of an image or of every image in a folder")
+    p.add_argument("weights", help="run directory or .safetensors file")
+    p.add_argument("images", help="an image file or a folder of images")
+    p.add_argument("--topk", type=int, default=5, help="classes to show per image")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+    import torchvision.transforms.v2.functional as TF
+
+    from reslab.data.imagefolder import IMG_EXTENSIONS, CenterCrop, decode
+    from reslab.engine.runtime import resolve_device
+    from reslab.engine.weights import find_weights, load_weights, normalizer_from_metadata
+
+    model, meta = load_weights(find_weights(args.weights))
+    normalize = normalizer_from_metadata(meta)
+    if normalize is None:
+        raise ValueError(
+            f"{args.weights} does not store its input normalisation; retrain or use `reslab eval`"
+        )
+    classes = json.loads(meta.get("classes", "[]"))
+    device = resolve_device(args.device)
+    model, normalize = model.to(device).eval(), normalize.to(device)
+    target = Path(args.images)
+    if target.is_dir():
+        files = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+    elif target.is_file():
+        files = [target]
+    else:
+        raise FileNotFoundError(f"{target} is neither an image file nor a folder")
+    if not files:
+        raise FileNotFoundError(f"no {'/'.join(IMG_EXTENSIONS)} images in {target}")
+    size = json.loads(meta.get("input_size", "[3, 224, 224]"))[-1]
+    view = CenterCrop(int(meta.get("resize", 256)), int(meta.get("crop", 224)))
+    for path in files:
+        image = decode(path)
+        x = (
+            TF.resize(image, [size, size], antialias=True)
+            if meta.get("dataset") == "cifar10"
+            else view(image)
+        )
+        with torch.no_grad():
+            probs = torch.softmax(model(normalize(x[None].to(device))).float(), 1)[0]
+        top = probs.topk(min(args.topk, len(probs)))
+        names = [classes[i] if i < len(classes) else str(i) for i in top.indices.tolist()]
+        print(
+            f"{path}: "
+            + ", ".join(
+                f"{n} {100 * p:.1f}%" for n, p in zip(names, top.values.tolist(), strict=True)
+            )
+        )
     return 0
 
 
@@ -331,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Deep residual networks (He et al., 2016): models, training, analysis.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_list, _add_info, _add_train, _add_eval, _add_demo, _add_bench):
+    for add in (_add_list, _add_info, _add_train, _add_eval, _add_predict, _add_demo, _add_bench):
         add(sub)
     return parser
 
@@ -343,6 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"reslab {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        return 0
 
 
 if __name__ == "__main__":

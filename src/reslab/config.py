@@ -31,12 +31,22 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "cifar10"  # dataset kind
+    dataset: str = "cifar10"  # "cifar10" (in memory) or "imagefolder" (class-per-folder JPEGs)
+    data_dir: str | None = None  # dataset root; default $RESLAB_DATA, else ~/.cache/reslab/data
+    normalization: str = "pixel"  # "pixel": per-pixel mean subtracted (paper); "channel": mean/std
+    # CIFAR-10
     split: str = "train"  # training split: "train" (50k) or "train45k" (the paper's 45k/5k split)
     eval_split: str = "test"  # evaluation split: "test" (10k) or "val5k"
-    normalization: str = "pixel"  # "pixel": per-pixel mean subtracted (paper); "channel": mean/std
     pad: int = 4  # zero padding of the random crop (pixels per side)
-    data_dir: str | None = None  # dataset root; default $RESLAB_DATA, else ~/.cache/reslab/data
+    # image folders (ImageNet)
+    train_dir: str = "imagenet/train"  # training image folder, relative to data_dir
+    eval_dir: str = "imagenet/val"  # evaluation image folder, relative to data_dir
+    eval_limit: int = 0  # evaluate on a class-spread subset of at most this many images (0: all)
+    scale: list[int] = field(default_factory=lambda: [256, 480])  # shorter-side range (scale aug.)
+    crop: int = 224  # training and test crop size
+    lighting: float = 0.1  # std of AlexNet's PCA lighting noise (0: off)
+    test_views: str = "tencrop"  # final test: "center" (256 -> 224 crop) or "tencrop"
+    workers: int = 2  # JPEG decoding processes
 
 
 @dataclass
@@ -45,7 +55,12 @@ class OptimConfig:
     momentum: float = 0.9  # SGD momentum, paper form v = m*v + lr*g (no dampening)
     weight_decay: float = 1e-4  # L2 penalty on all weights
     milestones: list[int] = field(default_factory=lambda: [32000, 48000])  # iterations of lr drops
-    gamma: float = 0.1  # lr factor at each milestone
+    gamma: float = 0.1  # lr factor at each milestone (or plateau)
+    schedule: str = (
+        "step"  # "step" (drops at milestones) or "plateau" (drops when eval error stalls)
+    )
+    plateau_patience: int = 3  # evaluations without improvement before a plateau drop
+    plateau_threshold: float = 0.1  # improvement (error points) that counts as progress
     warmup_lr: float | None = None  # ResNet-110/1202: this lr until the training error falls...
     warmup_until_error: float = 80.0  # ...below this running-average percentage, then the base lr
 
@@ -81,7 +96,9 @@ class Config:
 
 
 CHOICES: dict[str, tuple[Any, ...]] = {
-    "data.dataset": ("cifar10",),
+    "data.dataset": ("cifar10", "imagefolder"),
+    "data.test_views": ("center", "tencrop"),
+    "optim.schedule": ("step", "plateau"),
     "data.split": ("train", "train45k"),
     "data.eval_split": ("test", "val5k"),
     "data.normalization": ("pixel", "channel"),
@@ -174,9 +191,26 @@ def validate(cfg: Config) -> Config:
     for key in POSITIVE:
         if flat[key] <= 0:
             raise ConfigError(f"{key}: {flat[key]!r} must be > 0")
-    for key in ("optim.momentum", "optim.weight_decay", "train.eval_every", "data.pad"):
+    for key in (
+        "optim.momentum",
+        "optim.weight_decay",
+        "train.eval_every",
+        "data.pad",
+        "data.lighting",
+        "data.eval_limit",
+        "data.workers",
+        "optim.plateau_patience",
+    ):
         if flat[key] < 0:
             raise ConfigError(f"{key}: {flat[key]!r} must be >= 0")
+    if cfg.optim.schedule == "plateau" and not cfg.train.eval_every:
+        raise ConfigError(
+            "optim.schedule: 'plateau' needs train.eval_every > 0 (it watches the eval error)"
+        )
+    if len(cfg.data.scale) != 2 or not cfg.data.crop <= cfg.data.scale[0] <= cfg.data.scale[1]:
+        raise ConfigError(
+            f"data.scale: {cfg.data.scale} must be [min, max] with data.crop <= min <= max"
+        )
     if sorted(cfg.optim.milestones) != cfg.optim.milestones:
         raise ConfigError(f"optim.milestones: {cfg.optim.milestones} must be increasing")
     from reslab.models import get_model_spec

@@ -71,8 +71,6 @@ def bench_jpeg_pipeline(
     data_dir: str | Path | None, workers: int = 2, limit: int = 1024, batch: int = 64
 ) -> list[dict[str, Any]]:
     """Decode + training/test views of the Imagenette JPEGs through the multi-worker loader."""
-    from torch.utils.data import Subset
-
     from reslab.data.imagefolder import (
         CenterCrop,
         ImageFolder,
@@ -88,9 +86,7 @@ def bench_jpeg_pipeline(
         ("jpeg_train_scale_aug", ScaleAugment(), True),
         ("jpeg_eval_center_crop", CenterCrop(), False),
     ):
-        dataset = ImageFolder(root, transform)
-        subset = Subset(dataset, range(min(limit, len(dataset))))
-        subset.classes = dataset.classes
+        subset = ImageFolder(root, transform).strided(limit)
         loader = ImageFolderLoader(
             subset, batch, imagenet_normalize(), train=train, workers=workers
         )

@@ -15,13 +15,14 @@ RGB. A file that cannot be decoded raises :class:`CorruptImageError` naming it, 
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 import torchvision.transforms.v2.functional as TF
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_image, read_file
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -84,7 +85,12 @@ def resize_shorter(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class ScaleAugment:
-    """Training view: shorter side uniform in [smin, smax], random ``crop`` square, random flip."""
+    """Training view: shorter side uniform in [smin, smax], random ``crop`` square, random flip.
+
+    Randomness comes from ``rng`` (a ``random.Random``), so a sample's view depends only on its seed.
+    """
+
+    takes_rng = True
 
     def __init__(
         self, smin: int = 256, smax: int = 480, crop: int = 224, flip: bool = True
@@ -95,12 +101,13 @@ class ScaleAugment:
             )
         self.smin, self.smax, self.crop, self.flip = smin, smax, crop, flip
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        image = resize_shorter(image, random.randint(self.smin, self.smax))
+    def __call__(self, image: torch.Tensor, rng: random.Random | None = None) -> torch.Tensor:
+        rng = rng or random.Random()
+        image = resize_shorter(image, rng.randint(self.smin, self.smax))
         h, w = image.shape[-2:]
-        top, left = random.randint(0, h - self.crop), random.randint(0, w - self.crop)
+        top, left = rng.randint(0, h - self.crop), rng.randint(0, w - self.crop)
         image = image[:, top : top + self.crop, left : left + self.crop]
-        if self.flip and random.random() < 0.5:
+        if self.flip and rng.random() < 0.5:
             image = image.flip(-1)
         return image.contiguous()
 
@@ -145,7 +152,19 @@ class ImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, str]:
+    def strided(self, limit: int) -> ImageFolder:
+        """A copy holding every k-th sample, k chosen so that at most ``limit`` remain (all classes
+        stay represented in a class-sorted folder); ``limit=0`` keeps everything."""
+        if limit <= 0 or limit >= len(self.samples):
+            return self
+        subset = copy.copy(self)
+        step = -(-len(self.samples) // limit)
+        subset.samples = self.samples[::step]
+        return subset
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor | None, int, str]:
+        """``key``: an index, or (index, seed) to draw the sample's augmentation from ``seed``."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
         try:
             image = decode(path)
@@ -154,7 +173,10 @@ class ImageFolder(Dataset):
                 raise
             return None, label, str(path)
         if self.transform is not None:
-            image = self.transform(image)
+            if getattr(self.transform, "takes_rng", False):
+                image = self.transform(image, random.Random(seed) if seed is not None else None)
+            else:
+                image = self.transform(image)
         return image, label, str(path)
 
 
@@ -189,12 +211,57 @@ class Lighting(torch.nn.Module):
         return x + self.offsets(x.shape[0], generator)[:, :, None, None].to(x.dtype)
 
 
+class EpochSampler(Sampler):
+    """This process's samples of an epoch, in global-batch order, from batch ``start`` on.
+
+    Training: the order of epoch ``e`` is a permutation seeded by ``(seed, e)`` and sample ``i`` of it
+    carries the seed ``(seed, e, i)`` for its augmentation, so any process count and any resume point
+    see exactly the views of a single uninterrupted process. Each global batch is split evenly across
+    the ``world`` processes. Evaluation: every sample once, in order, no seeds.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        train: bool,
+        seed: int = 0,
+        shard: tuple[int, int] = (0, 1),
+    ) -> None:
+        self.n, self.batch_size, self.train, self.seed = n, batch_size, train, seed
+        self.rank, self.world = shard
+        self.epoch = self.start = 0
+
+    def batches_per_epoch(self) -> int:
+        return self.n // self.batch_size if self.train else -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        if not self.train:
+            yield from range(self.n)
+            return
+        from reslab.data.loaders import seeded_generator
+
+        order = torch.randperm(self.n, generator=seeded_generator(self.seed, self.epoch)).tolist()
+        per_rank = self.batch_size // self.world
+        for b in range(self.start, self.batches_per_epoch()):
+            first = b * self.batch_size + self.rank * per_rank
+            for i in range(first, first + per_rank):
+                yield order[i], int(seeded_generator(self.seed, self.epoch, i).initial_seed())
+
+    def __len__(self) -> int:
+        if not self.train:
+            return self.n
+        return (self.batches_per_epoch() - self.start) * (self.batch_size // self.world)
+
+
 class ImageFolderLoader:
     """Batches of (normalised float images on ``device``, labels) from an :class:`ImageFolder`.
 
     Decoding and the per-image geometry run in ``workers`` processes; mean subtraction and (for
-    training) lighting noise run on the whole batch on ``device``. ``skipped`` lists the files left
-    out as corrupt (with ``on_error="skip"``).
+    training) lighting noise run on the whole batch on ``device``. ``batch_size`` is the global batch;
+    with ``shard=(rank, world)`` this process gets its slice of each. ``skipped`` lists the files
+    left out as corrupt (with ``on_error="skip"``).
     """
 
     def __init__(
@@ -208,31 +275,38 @@ class ImageFolderLoader:
         workers: int = 2,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
+        if train and batch_size % shard[1]:
+            raise ValueError(f"global batch {batch_size} is not divisible by {shard[1]} processes")
         self.dataset, self.normalize, self.train = dataset, normalize, train
-        self.device = torch.device(device)
+        self.device, self.seed, self.shard = torch.device(device), seed, shard
         self.lighting = Lighting(lighting if train else 0.0).to(self.device)
-        self.seed, self.skipped, self.epoch = seed, [], 0
+        self.skipped: list[str] = []
+        self.batch_size = batch_size
+        self.sampler = EpochSampler(len(dataset), batch_size, train=train, seed=seed, shard=shard)
         self.loader = DataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train,
+            batch_size=batch_size // shard[1] if train else batch_size,
+            sampler=self.sampler,
             num_workers=workers,
             collate_fn=collate,
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
-            generator=torch.Generator().manual_seed(seed),
-            worker_init_fn=_seed_worker,
         )
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return self.sampler.batches_per_epoch()
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        self.epoch += 1
-        for images, labels, skipped in self.loader:
+    def batches(
+        self, epoch: int = 0, start: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``start, start+1, ...`` of ``epoch``."""
+        from reslab.data.loaders import seeded_generator
+
+        self.sampler.epoch, self.sampler.start = epoch, start
+        rank, world = self.shard
+        for b, (images, labels, skipped) in enumerate(self.loader, start):
             self.skipped.extend(skipped)
             if len(labels) == 0:
                 continue
@@ -242,15 +316,18 @@ class ImageFolderLoader:
             else:
                 x = self.normalize(images)
                 if self.train and self.lighting.std > 0:
-                    # noise defined in [0, 1] pixel units, added after normalisation: divide by std
-                    shift = self.lighting.offsets(len(x), generator)[:, :, None, None]
+                    # drawn for the global batch, this rank's part taken; defined in [0, 1] pixel
+                    # units, so divided by the normalisation's std when added after it
+                    offsets = self.lighting.offsets(
+                        self.batch_size, seeded_generator(self.seed, epoch, b)
+                    )
+                    per_rank = self.batch_size // world
+                    shift = offsets[rank * per_rank : rank * per_rank + len(x), :, None, None]
                     x = x + shift / getattr(self.normalize, "std", 1.0)
             yield x, labels.to(self.device, non_blocking=True)
 
-
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches()
 
 
 def imagenet_normalize(

@@ -79,6 +79,10 @@ class StepSchedule:
         drops = sum(iteration >= m for m in self.milestones)
         return self.base_lr * self.gamma**drops
 
+    def observe_eval_error(self, error: float, iteration: int) -> bool:
+        """Step schedules ignore evaluation errors."""
+        return False
+
     def observe_train_error(self, error: float, iteration: int) -> bool:
         """Feed the running training error (percent); True when this ends the warm-up."""
         if self.warmup_active and error < self.warmup_until_error:
@@ -96,3 +100,78 @@ class StepSchedule:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+class PlateauSchedule:
+    """``lr``, multiplied by ``gamma`` whenever the evaluation error has not improved by
+    ``threshold`` points for ``patience`` evaluations (the paper's ImageNet rule: "divided by 10
+    when the error plateaus"); the warm-up works as in :class:`StepSchedule`."""
+
+    def __init__(
+        self,
+        lr: float,
+        gamma: float = 0.1,
+        patience: int = 3,
+        threshold: float = 0.1,
+        warmup_lr: float | None = None,
+        warmup_until_error: float = 80.0,
+    ) -> None:
+        self.current, self.gamma, self.patience, self.threshold = lr, gamma, patience, threshold
+        self.warmup = StepSchedule(lr, [], 1.0, warmup_lr, warmup_until_error)
+        self.best, self.bad_evals, self.drops = float("inf"), 0, []
+
+    @property
+    def warmup_ended_at(self) -> int | None:
+        return self.warmup.warmup_ended_at
+
+    def lr(self, iteration: int) -> float:
+        return self.warmup.warmup_lr if self.warmup.warmup_active else self.current
+
+    def observe_train_error(self, error: float, iteration: int) -> bool:
+        return self.warmup.observe_train_error(error, iteration)
+
+    def observe_eval_error(self, error: float, iteration: int) -> bool:
+        """Feed an evaluation error (percent); True when it causes a drop."""
+        if error < self.best - self.threshold:
+            self.best, self.bad_evals = error, 0
+            return False
+        self.bad_evals += 1
+        if self.bad_evals < self.patience:
+            return False
+        self.current *= self.gamma
+        self.bad_evals, self.best = 0, min(self.best, error)
+        self.drops.append(iteration)
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "current": self.current,
+            "best": self.best,
+            "bad_evals": self.bad_evals,
+            "drops": list(self.drops),
+            "warmup": self.warmup.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.current, self.best, self.bad_evals = (
+            state["current"],
+            state["best"],
+            state["bad_evals"],
+        )
+        self.drops = list(state["drops"])
+        self.warmup.load_state_dict(state["warmup"])
+
+
+def build_schedule(optim_cfg) -> StepSchedule | PlateauSchedule:
+    """The schedule an ``OptimConfig`` asks for."""
+    o = optim_cfg
+    if o.schedule == "plateau":
+        return PlateauSchedule(
+            o.lr,
+            o.gamma,
+            o.plateau_patience,
+            o.plateau_threshold,
+            o.warmup_lr,
+            o.warmup_until_error,
+        )
+    return StepSchedule(o.lr, o.milestones, o.gamma, o.warmup_lr, o.warmup_until_error)

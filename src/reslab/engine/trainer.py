@@ -31,8 +31,18 @@ from torch import nn
 from tqdm import tqdm
 
 from reslab.config import Config
+from reslab.data.cifar import CLASSES as CIFAR10_CLASSES
 from reslab.data.cifar import load_cifar10
+from reslab.data.imagefolder import (
+    CenterCrop,
+    ImageFolder,
+    ImageFolderLoader,
+    ScaleAugment,
+    TenCrop,
+    imagenet_normalize,
+)
 from reslab.data.loaders import TensorLoader
+from reslab.data.paths import data_root
 from reslab.data.transforms import Normalize
 from reslab.engine import distributed
 from reslab.engine.checkpoint import (
@@ -44,7 +54,8 @@ from reslab.engine.checkpoint import (
     set_rng_state,
 )
 from reslab.engine.logging import JsonlLogger
-from reslab.engine.optim import PaperSGD, StepSchedule, set_lr
+from reslab.engine.multiview import view_probs
+from reslab.engine.optim import PaperSGD, StepSchedule, build_schedule, set_lr
 from reslab.engine.runtime import (
     autocast,
     code_version,
@@ -84,13 +95,20 @@ def fit_normalizer(cfg: Config, train_images: torch.Tensor) -> Normalize:
     return Normalize.fit(train_images, cfg.data.normalization)
 
 
-def build_cifar(
-    cfg: Config, device: torch.device, shard: tuple[int, int] = (0, 1)
-) -> tuple[TensorLoader, TensorLoader]:
-    """Training and evaluation loaders of a CIFAR-10 config (datasets resident on ``device``).
+@dataclass
+class DataBundle:
+    """Everything a run reads: loaders, the input normalisation and the class names."""
 
-    ``shard=(rank, world_size)`` gives this process's slice of every global training batch.
-    """
+    train: Any  # .batches(epoch, start), len() = batches per epoch
+    eval: Any  # periodic evaluation (CIFAR: the eval split; folders: centre crops)
+    final: Any  # the final test (folders: 10-crop by default)
+    normalize: Normalize
+    classes: list[str]
+
+
+def build_cifar(cfg: Config, device: torch.device, shard: tuple[int, int] = (0, 1)) -> DataBundle:
+    """CIFAR-10 loaders, datasets resident on ``device``; ``shard=(rank, world_size)`` gives this
+    process's slice of every global training batch."""
     train_x, train_y = load_cifar10(cfg.data.data_dir, cfg.data.split)
     eval_x, eval_y = load_cifar10(cfg.data.data_dir, cfg.data.eval_split)
     normalize = fit_normalizer(cfg, train_x).to(device)
@@ -104,7 +122,53 @@ def build_cifar(
         train_x, train_y, cfg.train.batch_size, train=True, pad=cfg.data.pad, shard=shard, **common
     )
     test = TensorLoader(eval_x, eval_y, cfg.train.eval_batch_size, train=False, **common)
-    return train, test
+    return DataBundle(train, test, test, normalize, list(CIFAR10_CLASSES))
+
+
+def build_imagefolder(
+    cfg: Config, device: torch.device, shard: tuple[int, int] = (0, 1)
+) -> DataBundle:
+    """Image-folder loaders: scale augmentation + lighting for training, centre crops for periodic
+    evaluation and ``data.test_views`` (10-crop by default) for the final test."""
+    d = cfg.data
+    root = data_root(d.data_dir)
+    train_set = ImageFolder(root / d.train_dir, ScaleAugment(d.scale[0], d.scale[1], d.crop))
+    normalize = imagenet_normalize(d.normalization, train_set).to(device)
+
+    def eval_loader(transform, batch: int) -> ImageFolderLoader:
+        dataset = ImageFolder(root / d.eval_dir, transform).strided(d.eval_limit)
+        if dataset.classes != train_set.classes:
+            raise ValueError(
+                f"{root / d.eval_dir} and {root / d.train_dir} have different class folders"
+            )
+        return ImageFolderLoader(
+            dataset, batch, normalize, train=False, workers=d.workers, device=device
+        )
+
+    train = ImageFolderLoader(
+        train_set,
+        cfg.train.batch_size,
+        normalize,
+        train=True,
+        lighting=d.lighting,
+        workers=d.workers,
+        seed=cfg.train.seed,
+        device=device,
+        shard=shard,
+    )
+    center = eval_loader(CenterCrop(d.scale[0], d.crop), cfg.train.eval_batch_size)
+    final = (
+        center
+        if d.test_views == "center"
+        else eval_loader(TenCrop(d.scale[0], d.crop), max(1, cfg.train.eval_batch_size // 10))
+    )
+    return DataBundle(train, center, final, normalize, train_set.classes)
+
+
+def build_data(cfg: Config, device: torch.device, shard: tuple[int, int] = (0, 1)) -> DataBundle:
+    return (build_imagefolder if cfg.data.dataset == "imagefolder" else build_cifar)(
+        cfg, device, shard
+    )
 
 
 def train_step(
@@ -129,14 +193,21 @@ def train_step(
 def evaluate(
     model: nn.Module, loader: TensorLoader | Iterator, precision: str = "fp32"
 ) -> dict[str, float]:
-    """Top-1 / top-5 error (percent) and mean loss of ``model`` in eval mode, without gradients."""
+    """Top-1 / top-5 error (percent) and mean loss of ``model`` in eval mode, without gradients.
+
+    Batches of N x K x C x H x W views (10-crop) are scored by their softmax averaged over the views.
+    """
     was_training = model.training
     model.eval()
     loss = top1 = top5 = n = 0
     try:
         for images, labels in loader:
             with autocast(images.device, precision):
-                logits = model(images).float()
+                if images.dim() == 5:  # N x K views: softmax averaged over the views
+                    probs = view_probs(model, images)
+                    logits = probs.clamp_min(1e-12).log()
+                else:
+                    logits = model(images).float()
             loss += F.cross_entropy(logits, labels, reduction="sum").item()
             k = min(5, logits.shape[1])
             topk = logits.topk(k, dim=1).indices
@@ -211,8 +282,9 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def save_safetensors(model: nn.Module, path: Path, cfg: Config) -> None:
-    """Final weights as a plain state dict, with what is needed to rebuild and feed the model."""
+def save_safetensors(model: nn.Module, path: Path, cfg: Config, data: DataBundle) -> None:
+    """Final weights as a plain state dict; the metadata says how to rebuild and feed the model
+    (model name and options, input normalisation statistics, class names)."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -222,6 +294,14 @@ def save_safetensors(model: nn.Module, path: Path, cfg: Config) -> None:
         "dataset": cfg.data.dataset,
         "normalization": cfg.data.normalization,
         "train_split": cfg.data.split,
+        "eval_dir": cfg.data.eval_dir,
+        "input_size": json.dumps(list(getattr(model, "default_input_size", ()))),
+        "crop": str(cfg.data.crop),
+        "resize": str(cfg.data.scale[0]),
+        "normalize_mean": json.dumps(data.normalize.mean.cpu().flatten().tolist()),
+        "normalize_std": json.dumps(data.normalize.std.cpu().flatten().tolist()),
+        "normalize_shape": json.dumps(list(data.normalize.mean.shape)),
+        "classes": json.dumps(data.classes),
         "code_version": code_version(),
     }
     tmp = path.with_suffix(".tmp")
@@ -284,8 +364,9 @@ def _fit(
     seed_everything(t.seed)
     core, model = _wrap_model(cfg, build_model(cfg, device), info, device)
     optimizer = PaperSGD(core.parameters(), o.lr, o.momentum, o.weight_decay)
-    schedule = StepSchedule(o.lr, o.milestones, o.gamma, o.warmup_lr, o.warmup_until_error)
-    train_loader, eval_loader = build_cifar(cfg, device, shard=(info.rank, info.world_size))
+    schedule = build_schedule(o)
+    data = build_data(cfg, device, shard=(info.rank, info.world_size))
+    train_loader = data.train
     state = TrainState()
     # loss sum, error count and image count of the current logging window, kept on the device
     window = torch.zeros(3, device=device, dtype=torch.float64)
@@ -378,17 +459,23 @@ def _fit(
                     f"{o.warmup_until_error}%, lr -> {new_lr:g}"
                 )
 
-    def evaluate_now() -> dict[str, float] | None:
-        result = None
+    def evaluate_now(loader: Any = data.eval, views: str = "") -> dict[str, float] | None:
+        """Rank 0 evaluates; the error reaches every process (the plateau rule needs it)."""
+        result, shared = None, torch.zeros(1, device=device, dtype=torch.float64)
         if info.is_main:
-            result = evaluate(core, eval_loader)
+            result = evaluate(core, loader)
+            shared += result["error"]
+            extra = {"test_views": views} if views else {}
             logger.log(
                 iteration=state.iteration,
                 test_error=result["error"],
                 test_top5_error=result["top5_error"],
                 test_loss=result["loss"],
+                **extra,
             )
-        distributed.barrier(info)
+        error = distributed.all_reduce_sum(shared, info).item()
+        if schedule.observe_eval_error(error, state.iteration):
+            logger.log(event="lr_drop", iteration=state.iteration, lr=schedule.lr(state.iteration))
         return result
 
     def on_step(loss_sum: torch.Tensor, errors: torch.Tensor, batch: int) -> bool:
@@ -432,11 +519,12 @@ def _fit(
         logger.close()
         return {"status": "interrupted", "iteration": state.iteration, "checkpoint": str(path)}
 
-    result = evaluate_now()
+    views = cfg.data.test_views if cfg.data.dataset == "imagefolder" else ""
+    result = evaluate_now(data.final, views)
     save("final.pt")  # also brings state.wall_time_s up to date
     if not info.is_main:
         return {"status": "finished", "rank": info.rank}
-    save_safetensors(core, run_dir / "model.safetensors", cfg)
+    save_safetensors(core, run_dir / "model.safetensors", cfg, data)
     processes = f" x {info.world_size} processes" if info.enabled else ""
     summary = {
         "status": "finished",
@@ -446,8 +534,10 @@ def _fit(
         "iterations": state.iteration,
         "batch_size": t.batch_size,
         "world_size": info.world_size,
-        "train_split": cfg.data.split,
-        "eval_split": cfg.data.eval_split,
+        "dataset": cfg.data.dataset,
+        "train_split": cfg.data.split if cfg.data.dataset == "cifar10" else cfg.data.train_dir,
+        "eval_split": cfg.data.eval_split if cfg.data.dataset == "cifar10" else cfg.data.eval_dir,
+        "test_views": views or "single",
         "train_error": last["train_error"],
         "train_loss": last["train_loss"],
         "test_error": result["error"],

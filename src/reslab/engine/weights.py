@@ -42,3 +42,18 @@ def load_weights(
     model = create_model(name, **json.loads(meta.get("model_options", "{}")))
     model.load_state_dict(load_file(str(path)), strict=True)
     return model, meta
+
+
+def normalizer_from_metadata(meta: dict[str, str]):
+    """The input normalisation stored with the weights (None for files that predate it)."""
+    import torch
+
+    from reslab.data.transforms import Normalize
+
+    if "normalize_mean" not in meta:
+        return None
+    shape = json.loads(meta["normalize_shape"])
+    mean = torch.tensor(json.loads(meta["normalize_mean"])).view(shape)
+    std = torch.tensor(json.loads(meta["normalize_std"]))
+    std = std.view(1, -1, 1, 1)
+    return Normalize(mean, std, meta.get("normalization", "pixel"))

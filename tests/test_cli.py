@@ -38,6 +38,19 @@ def test_errors_exit_2_with_a_message(capsys, tmp_path):
     assert "unknown config key 'train.iteratoins'" in capsys.readouterr().err
     assert main(["eval", str(tmp_path)]) == 2
     assert "no weights at" in capsys.readouterr().err
+    missing = [
+        "train",
+        "cifar10/resnet20",
+        "--data-dir",
+        str(tmp_path / "nodata"),
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    assert main([*missing, "--set", "train.iterations=1"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "CIFAR-10 not found" in err and "nodata/cifar-10-batches-py" in err and "RESLAB_DATA" in err
+    )
 
 
 def test_train_then_eval_agree(data_dir, tmp_path, capsys):

@@ -391,7 +391,19 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench", help="measure throughput side by side with a baseline; table + JSON"
     )
-    p.add_argument("kind", choices=["data"], help="what to measure")
+    p.add_argument("kind", choices=["data", "train"], help="input pipelines, or training/inference")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["resnet20", "resnet56", "resnet110", "resnet50"],
+        help="models for `bench train`",
+    )
+    p.add_argument(
+        "--steps", type=int, default=20, help="timed training steps per model (`bench train`)"
+    )
+    p.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="where to measure (`bench train`)"
+    )
     p.add_argument(
         "--data-dir", help="dataset root (default: $RESLAB_DATA or ~/.cache/reslab/data)"
     )
@@ -412,26 +424,43 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from reslab.bench import data as data_bench
+    from reslab.bench import train as train_bench
     from reslab.engine.runtime import code_version, describe_device
 
-    rows = data_bench.run(args.data_dir, args.workers)
-    print(f"{'benchmark':<24} {'images/s':>10} {'baseline':>10} {'ratio':>6}")
-    for r in rows:
-        base = r.get("baseline_images_per_s")
-        ratio = f"{r['images_per_s'] / base:.2f}x" if base else "-"
-        print(f"{r['name']:<24} {r['images_per_s']:>10.0f} {base or 0:>10.0f} {ratio:>6}")
+    if args.kind == "data":
+        rows = data_bench.run(args.data_dir, args.workers)
+        print(f"{'benchmark':<24} {'images/s':>10} {'baseline':>10} {'ratio':>6}")
+        for r in rows:
+            base = r.get("baseline_images_per_s")
+            ratio = f"{r['images_per_s'] / base:.2f}x" if base else "-"
+            print(f"{r['name']:<24} {r['images_per_s']:>10.0f} {base or 0:>10.0f} {ratio:>6}")
+    else:
+        rows = train_bench.run(args.models, args.data_dir, args.device, args.steps)
+        print(
+            f"{'model':<10} {'train img/s':>11} {'baseline':>9} {'ratio':>6} {'paper schedule':>15} {'infer img/s':>12} {'baseline':>9}"
+        )
+        for r in rows:
+            sched = f"{r['paper_schedule_s'] / 3600:.2f} h" if "paper_schedule_s" in r else "-"
+            print(
+                f"{r['model']:<10} {r['images_per_s']:>11.0f} {r['baseline_images_per_s']:>9.0f} "
+                f"{r['speedup']:>5.2f}x {sched:>15} {r['inference_images_per_s']:>12.0f} "
+                f"{r['baseline_inference_images_per_s']:>9.0f}"
+            )
     now = dt.datetime.now(dt.UTC)
     record = {
         "kind": args.kind,
-        "device": describe_device("cpu"),
-        "command": "reslab " + shlex.join(sys.argv[1:]),
+        "device": describe_device(
+            getattr(args, "device", "cpu") if args.kind == "train" else "cpu"
+        ),
+        "command": "reslab " + shlex.join(args.argv),
         "code_version": code_version(),
         "torch_version": torch.__version__,
         "date": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "note": args.note,
         "results": rows,
     }
-    out = Path(args.out) / f"{now:%Y-%m-%d}-cpu-{args.kind}.json"
+    where = args.device if args.kind == "train" else "cpu"
+    out = Path(args.out) / f"{now:%Y-%m-%d}-{where}-{args.kind}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")
@@ -450,7 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:

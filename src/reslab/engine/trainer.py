@@ -379,7 +379,12 @@ def _fit(
         schedule.load_state_dict(ckpt["schedule"])
         state = TrainState(**ckpt["state"])
         if info.is_main:  # the saved window already holds the sum over processes
-            window.copy_(ckpt["window"])
+            saved = ckpt["window"]
+            if isinstance(saved, dict):  # checkpoints of the first engine version
+                saved = torch.tensor(
+                    [float(saved["loss"]), float(saved["errors"]), float(saved["n"])]
+                )
+            window.copy_(saved)
         set_rng_state(ckpt["rng"])
     tb_dir = run_dir / "tensorboard" if t.tensorboard else None
     logger = JsonlLogger(run_dir / "metrics.jsonl", enabled=info.is_main, tensorboard_dir=tb_dir)

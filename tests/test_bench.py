@@ -1,0 +1,31 @@
+"""The benchmarks run end to end on tiny settings and report what their JSON promises."""
+
+from __future__ import annotations
+
+import json
+
+from reslab.bench import train as train_bench
+from reslab.cli import main
+
+
+def test_train_bench_rows():
+    rows = train_bench.run(["resnet8"], data_dir="/nonexistent", steps=2, batch=32)
+    (row,) = rows
+    assert row["data"] == "synthetic"
+    for key in (
+        "images_per_s",
+        "baseline_images_per_s",
+        "paper_schedule_s",
+        "inference_images_per_s",
+    ):
+        assert row[key] > 0
+    assert row["speedup"] == row["images_per_s"] / row["baseline_images_per_s"]
+
+
+def test_bench_data_writes_json(data_dir, tmp_path, capsys):
+    assert main(["bench", "data", "--data-dir", str(data_dir), "--out", str(tmp_path)]) == 0
+    (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("*-cpu-data.json")]
+    names = [r["name"] for r in record["results"]]
+    assert names == ["cifar_augmentation", "jpeg_train_scale_aug", "jpeg_eval_center_crop"]
+    assert record["command"].startswith("reslab bench data") and record["code_version"]
+    assert all(r["images_per_s"] > 0 for r in record["results"])

@@ -68,10 +68,20 @@ def test_bad_split_and_missing_data(tmp_path, monkeypatch):
         load_cifar10(tmp_path, "test", download=False)
 
 
+BATCHES = (
+    "data_batch_1",
+    "data_batch_2",
+    "data_batch_3",
+    "data_batch_4",
+    "data_batch_5",
+    "test_batch",
+)
+
+
 def test_corrupt_batch_is_refused(data_dir, tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
-    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"):
+    for name in BATCHES[:-1]:
         (folder / name).symlink_to(data_dir / "cifar-10-batches-py" / name)
     raw = bytearray((data_dir / "cifar-10-batches-py" / "test_batch").read_bytes())
     raw[5000] ^= 0xFF
@@ -88,14 +98,7 @@ class _Evil:
 def test_unpickler_refuses_code(tmp_path, monkeypatch):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
-    for name in (
-        "data_batch_1",
-        "data_batch_2",
-        "data_batch_3",
-        "data_batch_4",
-        "data_batch_5",
-        "test_batch",
-    ):
+    for name in BATCHES:
         with open(folder / name, "wb") as f:
             pickle.dump({"data": _Evil(), "labels": [0]}, f)
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
@@ -105,15 +108,7 @@ def test_unpickler_refuses_code(tmp_path, monkeypatch):
 def test_reads_the_official_archive_layout(data_dir, tmp_path):
     archive = tmp_path / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
-        for name in (
-            "batches.meta",
-            "data_batch_1",
-            "data_batch_2",
-            "data_batch_3",
-            "data_batch_4",
-            "data_batch_5",
-            "test_batch",
-        ):
+        for name in ("batches.meta", *BATCHES):
             tar.add(data_dir / "cifar-10-batches-py" / name, arcname=f"cifar-10-batches-py/{name}")
     images, labels = load_cifar10(tmp_path, "test", download=False)
     expected, expected_labels = load_cifar10(data_dir, "test")

@@ -36,6 +36,19 @@ class _Block(nn.Module):
         """Zero the last layer of the residual branch so the block starts as its shortcut."""
         raise NotImplementedError
 
+    def _merge(self, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Post-activation merge: add the shortcut (residual nets only), then ReLU."""
+        if self.residual:
+            branch = branch + (x if self.downsample is None else self.downsample(x))
+        return self.relu(branch)
+
+
+def _bottleneck_strides(stride: int, stride_in: str) -> tuple[int, int]:
+    """(stride of the first 1x1, stride of the 3x3) for the named position of the stride."""
+    if stride_in not in STRIDE_IN_CHOICES:
+        raise ValueError(f"stride_in={stride_in!r} is invalid; valid choices: '1x1', '3x3'")
+    return (stride, 1) if stride_in == "1x1" else (1, stride)
+
 
 class BasicBlock(_Block):
     """Two 3x3 convolutions, BN after each, ReLU after the first and after the addition."""
@@ -59,10 +72,7 @@ class BasicBlock(_Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
-        return self.relu(out)
+        return self._merge(self.bn2(self.conv2(out)), x)
 
 
 class Bottleneck(_Block):
@@ -80,10 +90,8 @@ class Bottleneck(_Block):
         stride_in: StrideIn = "1x1",
     ) -> None:
         super().__init__()
-        if stride_in not in STRIDE_IN_CHOICES:
-            raise ValueError(f"stride_in={stride_in!r} is invalid; valid choices: '1x1', '3x3'")
         out_ch = width * self.expansion
-        s1, s3 = (stride, 1) if stride_in == "1x1" else (1, stride)
+        s1, s3 = _bottleneck_strides(stride, stride_in)
         self.conv1 = conv1x1(in_ch, width, s1)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = conv3x3(width, width, s3)
@@ -99,10 +107,7 @@ class Bottleneck(_Block):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.residual:
-            out = out + (x if self.downsample is None else self.downsample(x))
-        return self.relu(out)
+        return self._merge(self.bn3(self.conv3(out)), x)
 
 
 class _PreActBlock(_Block):
@@ -159,10 +164,8 @@ class PreActBottleneck(_PreActBlock):
         stride_in: StrideIn = "1x1",
     ) -> None:
         super().__init__()
-        if stride_in not in STRIDE_IN_CHOICES:
-            raise ValueError(f"stride_in={stride_in!r} is invalid; valid choices: '1x1', '3x3'")
         out_ch = width * self.expansion
-        s1, s3 = (stride, 1) if stride_in == "1x1" else (1, stride)
+        s1, s3 = _bottleneck_strides(stride, stride_in)
         self.bn1 = nn.BatchNorm2d(in_ch)
         self.conv1 = conv1x1(in_ch, width, s1)
         self.bn2 = nn.BatchNorm2d(width)

@@ -387,6 +387,71 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "analyze", help="why residual learning works: responses, lesion, gradients, shattered"
+    )
+    p.add_argument("kind", choices=["responses", "lesion", "gradients", "shattered"])
+    p.add_argument("--model", action="append", required=True, help="model name (repeat to compare)")
+    p.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        help="weights for the --model at the same position: model.safetensors, a run directory "
+        "or a state-dict file; 'none' (or leaving them all out) for a fresh He-initialised model",
+    )
+    p.add_argument(
+        "--data-dir", help="dataset root (default: $RESLAB_DATA or ~/.cache/reslab/data)"
+    )
+    p.add_argument(
+        "--limit", type=int, default=1000, help="first N CIFAR-10 test images (0: all 10,000)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of fresh models and random draws")
+    p.add_argument("--out", required=True, help="directory for KIND.json, KIND.png, KIND.txt")
+    p.set_defaults(func=cmd_analyze)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from reslab.analysis import gradients, lesion, responses, shattered
+    from reslab.analysis.common import cifar_test_batches, load_model, normalizer_for, write_outputs
+
+    if args.weights and len(args.weights) != len(args.model):
+        raise ValueError(
+            f"{len(args.model)} --model but {len(args.weights)} --weights; give one per model ('none' for fresh)"
+        )
+    weights = [
+        None if w in (None, "none") else w for w in (args.weights or [None] * len(args.model))
+    ]
+    models = []
+    for name, w in zip(args.model, weights, strict=True):
+        model = load_model(name, w, args.seed)
+        if getattr(model, "stem_kind", "") != "cifar":
+            raise ValueError(
+                f"{name}: the analyses run on CIFAR-family models (e.g. resnet20, plain56)"
+            )
+        models.append((name if w is None else f"{name} ({w})", model, w))
+    normalize = normalizer_for(weights[0], args.data_dir)
+    batches = cifar_test_batches(args.data_dir, args.limit, normalize)
+    if args.kind == "responses":
+        record, summary, fig = responses.analyze(models, batches, args.limit)
+    elif args.kind == "lesion":
+        if len(models) != 1:
+            raise ValueError("lesion analyses one model at a time")
+        record, summary, fig = lesion.analyze(*models[0][:2], batches, args.limit, seed=args.seed)
+        record["weights"] = models[0][2]
+    elif args.kind == "gradients":
+        x, y = batches[0]
+        record, summary, fig = gradients.analyze(models, x[:64], y[:64])
+    else:
+        x, _ = batches[0]
+        record, summary, fig = shattered.analyze(models, (x[0], x[1]), [1, 2, 4, 8, 16, 32, 50])
+    record["limit"] = args.limit
+    out = write_outputs(args.out, args.kind, record, summary, fig)
+    print(summary)
+    print(f"wrote {out}/{args.kind}.json, .png, .txt")
+    return 0
+
+
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench", help="measure throughput side by side with a baseline; table + JSON"
@@ -473,7 +538,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Deep residual networks (He et al., 2016): models, training, analysis.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_list, _add_info, _add_train, _add_eval, _add_predict, _add_demo, _add_bench):
+    for add in (
+        _add_list,
+        _add_info,
+        _add_train,
+        _add_eval,
+        _add_predict,
+        _add_demo,
+        _add_analyze,
+        _add_bench,
+    ):
         add(sub)
     return parser
 

@@ -22,7 +22,9 @@ STRIDE_IN_CHOICES = ("1x1", "3x3")
 
 
 class _Block(nn.Module):
-    """Shared shortcut plumbing: ``self.residual`` says whether there is an addition at all."""
+    """Shared plumbing: ``parts(x)`` computes the residual branch and the shortcut, ``merge`` joins
+    them (analyses call the two separately to delete or gate a branch); ``self.residual`` says
+    whether there is a shortcut at all."""
 
     expansion = 1
 
@@ -36,11 +38,21 @@ class _Block(nn.Module):
         """Zero the last layer of the residual branch so the block starts as its shortcut."""
         raise NotImplementedError
 
-    def _merge(self, branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Post-activation merge: add the shortcut (residual nets only), then ReLU."""
-        if self.residual:
-            branch = branch + (x if self.downsample is None else self.downsample(x))
-        return self.relu(branch)
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(residual branch output, shortcut output or None for plain blocks), before merging."""
+        raise NotImplementedError
+
+    def merge(self, branch: torch.Tensor, shortcut: torch.Tensor | None) -> torch.Tensor:
+        """Post-activation merge: add the shortcut (residual blocks only), then ReLU."""
+        return self.relu(branch if shortcut is None else branch + shortcut)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.merge(*self.parts(x))
+
+    def _shortcut_of(self, x: torch.Tensor) -> torch.Tensor | None:
+        if not self.residual:
+            return None
+        return x if self.downsample is None else self.downsample(x)
 
 
 def _bottleneck_strides(stride: int, stride_in: str) -> tuple[int, int]:
@@ -70,9 +82,9 @@ class BasicBlock(_Block):
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.bn2.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         out = self.relu(self.bn1(self.conv1(x)))
-        return self._merge(self.bn2(self.conv2(out)), x)
+        return self.bn2(self.conv2(out)), self._shortcut_of(x)
 
 
 class Bottleneck(_Block):
@@ -104,10 +116,10 @@ class Bottleneck(_Block):
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.bn3.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        return self._merge(self.bn3(self.conv3(out)), x)
+        return self.bn3(self.conv3(out)), self._shortcut_of(x)
 
 
 class _PreActBlock(_Block):
@@ -117,10 +129,14 @@ class _PreActBlock(_Block):
     zero-padding shortcuts read the raw input, so the identity path carries no BN or ReLU.
     """
 
-    def _shortcut(self, x: torch.Tensor, preact: torch.Tensor) -> torch.Tensor:
-        if self.downsample is None:
-            return x
+    def _preact_shortcut(self, x: torch.Tensor, preact: torch.Tensor) -> torch.Tensor | None:
+        if not self.residual or self.downsample is None:
+            return x if self.residual else None
         return self.downsample(preact if self.downsample.parametric else x)
+
+    def merge(self, branch: torch.Tensor, shortcut: torch.Tensor | None) -> torch.Tensor:
+        """Pre-activation merge: a plain sum, no ReLU after it."""
+        return branch if shortcut is None else branch + shortcut
 
 
 class PreActBasicBlock(_PreActBlock):
@@ -143,11 +159,10 @@ class PreActBasicBlock(_PreActBlock):
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv2.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         preact = self.relu(self.bn1(x))
-        out = self.conv1(preact)
-        out = self.conv2(self.relu(self.bn2(out)))
-        return out + self._shortcut(x, preact) if self.residual else out
+        out = self.conv2(self.relu(self.bn2(self.conv1(preact))))
+        return out, self._preact_shortcut(x, preact)
 
 
 class PreActBottleneck(_PreActBlock):
@@ -178,9 +193,7 @@ class PreActBottleneck(_PreActBlock):
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv3.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         preact = self.relu(self.bn1(x))
-        out = self.conv1(preact)
-        out = self.conv2(self.relu(self.bn2(out)))
-        out = self.conv3(self.relu(self.bn3(out)))
-        return out + self._shortcut(x, preact) if self.residual else out
+        out = self.conv2(self.relu(self.bn2(self.conv1(preact))))
+        return self.conv3(self.relu(self.bn3(out))), self._preact_shortcut(x, preact)

@@ -189,3 +189,32 @@ def test_loader_order_and_resume_position():
     assert not torch.equal(torch.cat(epoch0), torch.cat([y for _, y in loader.batches(1)]))
     test = TensorLoader(images, labels, 30, lambda x: x.float(), train=False)
     assert len(test) == 4 and torch.equal(torch.cat([y for _, y in test]), labels)
+
+
+def test_loader_augmentation_follows_the_batch_seed_contract():
+    """Batch b of epoch e is augmented with crop_flip_params(B, seeded_generator(seed, e, b)),
+    whatever the start position and process count (the resume and DDP guarantees)."""
+    from reslab.data.loaders import seeded_generator
+    from reslab.data.transforms import crop_flip, crop_flip_params
+
+    images = torch.randint(0, 256, (96, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(96)
+    loader = TensorLoader(images, labels, 16, lambda x: x, train=True, seed=5)
+    order = loader.order(2)
+    expected = [
+        crop_flip(
+            images[order[b * 16 : (b + 1) * 16]], *crop_flip_params(16, seeded_generator(5, 2, b))
+        )
+        for b in range(len(loader))
+    ]
+    assert all(torch.equal(x, e) for (x, _), e in zip(loader.batches(2), expected, strict=True))
+    assert all(
+        torch.equal(x, e)
+        for (x, _), e in zip(loader.batches(2, start=3), expected[3:], strict=True)
+    )
+    halves = [
+        TensorLoader(images, labels, 16, lambda x: x, train=True, seed=5, shard=(r, 2))
+        for r in (0, 1)
+    ]
+    for (a, _), (b, _), e in zip(halves[0].batches(2), halves[1].batches(2), expected, strict=True):
+        assert torch.equal(torch.cat([a, b]), e)

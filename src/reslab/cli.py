@@ -500,7 +500,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             ratio = f"{r['images_per_s'] / base:.2f}x" if base else "-"
             print(f"{r['name']:<24} {r['images_per_s']:>10.0f} {base or 0:>10.0f} {ratio:>6}")
     else:
-        rows = train_bench.run(args.models, args.data_dir, args.device, args.steps)
+        rows = train_bench.run(
+            args.models, args.data_dir, args.device, args.steps, compile=args.compile
+        )
         print(
             f"{'model':<10} {'train img/s':>11} {'baseline':>9} {'ratio':>6} {'paper schedule':>15} {'infer img/s':>12} {'baseline':>9}"
         )

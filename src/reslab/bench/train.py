@@ -52,7 +52,14 @@ def _time_steps(step, steps: int, warmup: int, device: torch.device) -> float:
 
 
 def reslab_cifar_train(
-    name: str, images, labels, batch: int, steps: int, warmup: int, device, compile: bool = False
+    name: str,
+    images,
+    labels,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device,
+    compile: bool | str = False,
 ) -> float:
     """Images/s of the engine's CIFAR training step (loader + step, metrics on the device)."""
     from reslab.data.loaders import TensorLoader
@@ -60,7 +67,7 @@ def reslab_cifar_train(
 
     model = create_model(name).to(device).to(memory_format=torch.channels_last)
     if compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=None if compile is True else compile)
     opt = PaperSGD(model.parameters(), 0.1, 0.9, 1e-4)
     normalize = Normalize.fit(images).to(device)
     loader = TensorLoader(
@@ -198,6 +205,7 @@ def run(
     steps: int = 20,
     batch: int = 128,
     imagenet_batch: int = 16,
+    compile: str | None = None,
 ) -> list[dict[str, Any]]:
     device = torch.device(device)
     if device.type == "cpu":
@@ -214,7 +222,9 @@ def run(
             infer_ours = inference(name, imagenet_batch, n, device, True, 224)
             infer_base = inference(name, imagenet_batch, n, device, False, 224)
         else:
-            ours = reslab_cifar_train(name, images, labels, batch, steps, 3, device)
+            ours = reslab_cifar_train(
+                name, images, labels, batch, steps, 3, device, compile=compile or False
+            )
             base = baseline_cifar_train(name, images, labels, batch, steps, 3, device)
             row = {
                 "model": name,

@@ -85,16 +85,23 @@ class TensorLoader:
         """Batches ``start, start+1, ...`` of ``epoch``."""
         order = self.order(epoch).to(self.device)
         rank, world = self.shard
+        if self.train:
+            # every batch's crop/flip parameters, drawn for the whole global batch from the seed of
+            # (seed, epoch, batch) and moved once per epoch (no host-device copy inside the loop)
+            drawn = [
+                crop_flip_params(self.batch_size, seeded_generator(self.seed, epoch, b), self.pad)
+                for b in range(start, len(self))
+            ]
+            params = (
+                [torch.stack(p).to(self.device) for p in zip(*drawn, strict=True)] if drawn else []
+            )
         for b in range(start, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             part = slice(rank * len(idx) // world, (rank + 1) * len(idx) // world)
             idx = idx[part]
             x = self.images[idx]
-            if self.train:  # drawn for the whole global batch, then this rank's part
-                params = crop_flip_params(
-                    self.batch_size, seeded_generator(self.seed, epoch, b), self.pad
-                )
-                x = crop_flip(x, *(p[part] for p in params), pad=self.pad)
+            if self.train:  # this rank's part of the global batch's parameters
+                x = crop_flip(x, *(p[b - start][part] for p in params), pad=self.pad)
             yield self.normalize(x), self.labels[idx]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

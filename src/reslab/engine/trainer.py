@@ -342,7 +342,7 @@ def _wrap_model(cfg: Config, core: nn.Module, info: distributed.DistInfo, device
         ids = [device.index] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(core, device_ids=ids)
     if cfg.train.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=cfg.train.compile_mode)
     return core, model
 
 

@@ -452,6 +452,69 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reproduce", help="run one of the paper's CIFAR-10 experiments into the results ledger"
+    )
+    p.add_argument("experiment", choices=["table6", "fig6", "resnet1202", "preact"])
+    p.add_argument(
+        "--schedule", default="1", help="fraction of the paper's iterations, e.g. 1/8 (default 1)"
+    )
+    p.add_argument("--seeds", type=int, default=1, help="runs per model (seeds 0..K-1)")
+    p.add_argument("--only", nargs="+", help="only these models of the experiment")
+    p.add_argument(
+        "--data-dir", help="dataset root (default: $RESLAB_DATA or ~/.cache/reslab/data)"
+    )
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--runs-dir", default="runs/reproduce", help="where checkpoints live")
+    p.add_argument("--results", default="results", help="the ledger")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config override for every run (recorded in the run's config)",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_reproduce)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from reslab.experiments.report import build
+    from reslab.experiments.reproduce import parse_schedule, reproduce
+
+    summaries = reproduce(
+        args.experiment,
+        parse_schedule(args.schedule),
+        args.seeds,
+        args.only,
+        data_dir=args.data_dir,
+        device=args.device,
+        runs_dir=args.runs_dir,
+        results_dir=args.results,
+        argv=args.argv,
+        progress=not args.no_progress,
+    )
+    for summary in summaries:
+        _print_summary(summary)
+    build(args.results)
+    return 0 if all(s["status"] == "finished" for s in summaries) else 130
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report", help="rebuild results/README.md from the finished runs in the ledger"
+    )
+    p.add_argument("--results", default="results", help="the ledger")
+    p.set_defaults(
+        func=lambda args: (
+            print(__import__("reslab.experiments.report", fromlist=["build"]).build(args.results))
+            or 0
+        )
+    )
+
+
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench", help="measure throughput side by side with a baseline; table + JSON"
@@ -547,6 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_eval,
         _add_predict,
         _add_demo,
+        _add_reproduce,
+        _add_report,
         _add_analyze,
         _add_bench,
     ):

@@ -1,0 +1,68 @@
+"""``reslab report``: rebuild ``results/README.md`` from every finished run in the ledger.
+
+uv run reslab report
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from reslab.experiments.reproduce import PAPER_TABLE6
+
+
+def collect(results: Path) -> list[dict]:
+    runs = []
+    for path in sorted(results.glob("*/*/summary.json")):
+        summary = json.loads(path.read_text())
+        if summary.get("status") == "finished" and "experiment" in summary:
+            summary["_dir"] = str(path.parent.relative_to(results))
+            runs.append(summary)
+    return runs
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return (
+        f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f} (best {min(values):.2f})"
+    )
+
+
+def build(results: str | Path = "results") -> str:
+    results = Path(results)
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for run in collect(results):
+        groups[
+            (run["experiment"], run["model"], run["schedule"], run["device"], run["precision"])
+        ].append(run)
+    lines = [
+        "# Results ledger",
+        "",
+        "Every row was measured by a run recorded in the folder it names (`summary.json` holds the exact",
+        "command, code version, hardware and date; `model.safetensors` re-evaluates with `reslab eval`).",
+        "Test errors are those of the final model on the CIFAR-10 test set, in percent. Rows whose schedule",
+        "is not `paper` used reslab's reduced protocol and are not comparable to the paper's numbers.",
+        "This file is rebuilt by `reslab report`.",
+        "",
+        "| experiment | model | schedule | paper test error | ours: test error (n) | train error | device | precision | wall time | runs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (experiment, model, schedule, device, precision), runs in sorted(groups.items()):
+        paper = PAPER_TABLE6.get(model)
+        test = [r["test_error"] for r in runs]
+        train = [r["train_error"] for r in runs]
+        wall = sum(r["wall_time_s"] for r in runs) / len(runs)
+        dirs = ", ".join(f"`{r['_dir']}`" for r in runs)
+        lines.append(
+            f"| {experiment} | {model} | {schedule} | {paper if paper is not None else '-'} | "
+            f"{_mean_std(test)} ({len(runs)}) | {_mean_std(train)} | {device} | {precision} | "
+            f"{wall / 3600:.2f} h | {dirs} |"
+        )
+    if not groups:
+        lines.append("| (no finished runs yet) | | | | | | | | | |")
+    text = "\n".join(lines) + "\n"
+    (results / "README.md").write_text(text)
+    return text

@@ -1,0 +1,76 @@
+"""reslab reproduce / report: scaled schedules, labelled reduced runs, ledger copies, the report."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import pytest
+
+from reslab.cli import main
+from reslab.experiments.reproduce import Run, parse_schedule, plan
+
+
+def test_schedule_scales_iterations_and_milestones_together():
+    cfg = Run("fig6", "resnet56", 0, Fraction(1, 8)).config(None, None)
+    assert cfg.train.iterations == 8000 and cfg.optim.milestones == [4000, 6000]
+    assert cfg.name == "fig6/resnet56-seed0-sched1of8"
+    full = Run("table6", "resnet110", 3, Fraction(1)).config(None, None)
+    assert full.train.iterations == 64000 and full.optim.milestones == [32000, 48000]
+    assert (
+        full.train.seed == 3
+        and full.optim.warmup_lr == 0.01
+        and full.name == "table6/resnet110-seed3"
+    )
+
+
+def test_plan_and_errors():
+    assert [r.name for r in plan("table6", Fraction(1), 2, ["resnet20"])] == [
+        "resnet20-seed0",
+        "resnet20-seed1",
+    ]
+    with pytest.raises(ValueError, match="no model 'plain20'"):
+        plan("table6", Fraction(1), 1, ["plain20"])
+    with pytest.raises(ValueError, match="must be in"):
+        parse_schedule("3/2")
+    with pytest.raises(ValueError, match="expected a fraction"):
+        parse_schedule("an eighth")
+
+
+def test_reproduce_records_reduced_runs_and_report(data_dir, tmp_path, capsys):
+    args = [
+        "reproduce",
+        "fig6",
+        "--schedule",
+        "1/6400",
+        "--only",
+        "resnet20",
+        "--results",
+        str(tmp_path / "results"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--data-dir",
+        str(data_dir),
+        "--no-progress",
+        "--set",
+        "train.eval_every=0",
+        "--set",
+        "data.eval_split=val5k",
+        "--set",
+        "train.checkpoint_every=5",
+    ]
+    assert main(args) == 0
+    run = tmp_path / "results" / "fig6" / "resnet20-seed0-sched1of6400"
+    assert sorted(p.name for p in run.iterdir()) == [
+        "config.yaml",
+        "metrics.jsonl",
+        "model.safetensors",
+        "summary.json",
+    ]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["schedule"] == "1/6400" and "reduced" in summary["protocol"]
+    assert summary["command"].startswith("reslab reproduce fig6") and summary["iterations"] == 10
+    report = (tmp_path / "results" / "README.md").read_text()
+    assert "| fig6 | resnet20 | 1/6400 | 8.75 |" in report
+    assert main(["report", "--results", str(tmp_path / "results")]) == 0
+    assert "fig6/resnet20-seed0-sched1of6400" in capsys.readouterr().out

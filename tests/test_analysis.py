@@ -157,3 +157,19 @@ def test_analyze_cli_errors(capsys, tmp_path):
         == 2
     )
     assert "one per model" in capsys.readouterr().err
+
+
+def test_weights_from_a_plain_state_dict(tmp_path):
+    from reslab.analysis.common import load_model
+
+    source = create_model("resnet8", zero_init_residual=True)
+    torch.save(source.state_dict(), tmp_path / "weights.pt")
+    loaded = load_model("resnet8", tmp_path / "weights.pt")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(source.state_dict().values(), loaded.state_dict().values(), strict=True)
+    )
+    with pytest.raises(ValueError, match="does not hold resnet20 weights"):
+        load_model("resnet20", tmp_path / "weights.pt")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model("resnet8", tmp_path / "missing.pt")

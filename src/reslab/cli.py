@@ -10,6 +10,18 @@ import sys
 from collections.abc import Sequence
 
 
+def _add_overrides(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir", help="dataset root (default: $RESLAB_DATA or ~/.cache/reslab/data)"
+    )
+
+
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info", help="Table-1 style summary of a model: stages, params, multiply-adds"
@@ -81,17 +93,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "train", help="train a config (resumes automatically in the same run directory)"
     )
     p.add_argument("config", help="config name (e.g. cifar10/resnet20) or YAML path")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.iterations=400 (repeatable)",
-    )
-    p.add_argument(
-        "--data-dir", help="dataset root (default: $RESLAB_DATA or ~/.cache/reslab/data)"
-    )
+    _add_overrides(p, "override a config key, e.g. --set train.iterations=400 (repeatable)")
+    _add_data_dir(p)
     p.add_argument("--out", help="run directory (default: runs/<config name>)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train")
     p.add_argument("--resume", action="store_true", help="require a checkpoint to resume from")
@@ -190,9 +193,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo", help=f"train a CIFAR-10 ResNet-20 for {DEMO_ITERATIONS} iterations and test it"
     )
     p.add_argument("--iterations", type=int, default=DEMO_ITERATIONS, help="training iterations")
-    p.add_argument(
-        "--data-dir", help="dataset root (default: $RESLAB_DATA or ~/.cache/reslab/data)"
-    )
+    _add_data_dir(p)
     p.add_argument("--out", default="runs/demo", help="run directory")
     p.set_defaults(func=cmd_demo)
 
@@ -225,9 +226,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "eval", help="test a run directory or model.safetensors (CIFAR-10 or an image folder)"
     )
     p.add_argument("weights", help="run directory or .safetensors file")
-    p.add_argument(
-        "--data-dir", help="dataset root (default: $RESLAB_DATA or ~/.cache/reslab/data)"
-    )
+    _add_data_dir(p)
     p.add_argument("--split", default="test", choices=["test", "val5k"], help="CIFAR-10 split")
     p.add_argument("--eval-dir", help="image folder under the data root (default: the run's)")
     views = p.add_mutually_exclusive_group()
@@ -400,9 +399,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
         help="weights for the --model at the same position: model.safetensors, a run directory "
         "or a state-dict file; 'none' (or leaving them all out) for a fresh He-initialised model",
     )
-    p.add_argument(
-        "--data-dir", help="dataset root (default: $RESLAB_DATA or ~/.cache/reslab/data)"
-    )
+    _add_data_dir(p)
     p.add_argument(
         "--limit", type=int, default=1000, help="first N CIFAR-10 test images (0: all 10,000)"
     )
@@ -462,20 +459,11 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seeds", type=int, default=1, help="runs per model (seeds 0..K-1)")
     p.add_argument("--only", nargs="+", help="only these models of the experiment")
-    p.add_argument(
-        "--data-dir", help="dataset root (default: $RESLAB_DATA or ~/.cache/reslab/data)"
-    )
+    _add_data_dir(p)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--runs-dir", default="runs/reproduce", help="where checkpoints live")
     p.add_argument("--results", default="results", help="the ledger")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra config override for every run (recorded in the run's config)",
-    )
+    _add_overrides(p, "extra config override for every run (recorded in the run's config)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_reproduce)
 
@@ -532,9 +520,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device", default="cpu", choices=["cpu", "cuda"], help="where to measure (`bench train`)"
     )
-    p.add_argument(
-        "--data-dir", help="dataset root (default: $RESLAB_DATA or ~/.cache/reslab/data)"
-    )
+    _add_data_dir(p)
     p.add_argument("--workers", type=int, default=2, help="JPEG decoding workers")
     p.add_argument("--out", default="results/bench", help="directory for the JSON record")
     p.add_argument(

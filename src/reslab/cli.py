@@ -495,12 +495,14 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         "report", help="rebuild results/README.md from the finished runs in the ledger"
     )
     p.add_argument("--results", default="results", help="the ledger")
-    p.set_defaults(
-        func=lambda args: (
-            print(__import__("reslab.experiments.report", fromlist=["build"]).build(args.results))
-            or 0
-        )
-    )
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from reslab.experiments.report import build
+
+    print(build(args.results), end="")
+    return 0
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:

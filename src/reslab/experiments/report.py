@@ -63,6 +63,29 @@ def build(results: str | Path = "results") -> str:
         )
     if not groups:
         lines.append("| (no finished runs yet) | | | | | | | | | |")
+    benches = sorted(results.glob("bench/*.json"))
+    if benches:
+        lines += [
+            "",
+            "## Benchmarks",
+            "",
+            "| record | device | date | command |",
+            "|---|---|---|---|",
+        ]
+        for path in benches:
+            b = json.loads(path.read_text())
+            lines.append(
+                f"| `{path.relative_to(results)}` | {b.get('device', '')} | {b.get('date', '')} | `{b.get('command', '')}` |"
+            )
+    analyses = sorted(p.parent for p in results.glob("analysis/*/README.md"))
+    if analyses:
+        lines += ["", "## Analyses", ""]
+        for folder in analyses:
+            title = (folder / "README.md").read_text().splitlines()[0].lstrip("# ").strip()
+            lines.append(f"- `{folder.relative_to(results)}/`: {title}")
+    pending = results / "PENDING.md"
+    if pending.is_file():
+        lines += ["", "Runs waiting for a GPU are listed in `PENDING.md`."]
     text = "\n".join(lines) + "\n"
     (results / "README.md").write_text(text)
     return text

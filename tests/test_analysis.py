@@ -83,6 +83,12 @@ def test_gated_gradients_keep_the_forward_and_split_the_paths():
     torch.testing.assert_close(total, xf.grad, rtol=1e-3, atol=1e-6)
 
 
+def test_spread_of_k_values():
+    assert lesion.spread(1, 5, 12) == [1, 2, 3, 4, 5]
+    ks = lesion.spread(1, 25, 12)
+    assert ks[0] == 1 and ks[-1] == 25 and len(ks) == 12
+
+
 def test_effective_range():
     rows = [{"share": s} for s in (0.0, 0.05, 0.2, 0.5, 0.2, 0.05)]
     assert gradients.effective_range(rows, 0.85) == (2, 4)

@@ -45,6 +45,13 @@ def _deleted_forward(block: nn.Module):
     return forward
 
 
+def spread(lo: int, hi: int, points: int) -> list[int]:
+    """At most ``points`` integers from lo to hi inclusive, evenly spread (all when few)."""
+    if hi - lo + 1 <= points:
+        return list(range(lo, hi + 1))
+    return sorted({round(lo + i * (hi - lo) / (points - 1)) for i in range(points)})
+
+
 @contextlib.contextmanager
 def deleted(blocks: list[nn.Module]):
     """Within the context, the given blocks are deleted (see the module doc)."""
@@ -72,7 +79,13 @@ def swapped(model: nn.Module, pairs: list[tuple[str, int, int]]):
 
 
 def analyze(
-    label: str, model: nn.Module, batches, limit: int, draws: int = 5, seed: int = 0
+    label: str,
+    model: nn.Module,
+    batches,
+    limit: int,
+    draws: int = 3,
+    seed: int = 0,
+    points: int = 12,
 ) -> tuple[dict[str, Any], str, Any]:
     import matplotlib
 
@@ -96,7 +109,7 @@ def analyze(
             )
     candidates = [b for b in blocks if not _changes(b)]
     k_deleted = []
-    for k in range(1, len(candidates) + 1):
+    for k in spread(1, len(candidates), points):
         errors = []
         for _ in range(draws if k < len(candidates) else 1):
             with deleted(rng.sample(candidates, k)):
@@ -111,7 +124,7 @@ def analyze(
         )
     swappable = [(s, i) for (s, i), b in zip(names, blocks, strict=True) if not _changes(b)]
     reordered = []
-    for k in range(1, max(1, len(swappable) // 2) + 1):
+    for k in spread(1, max(1, len(swappable) // 2), points // 2):
         errors = []
         for _ in range(draws):
             pairs = []

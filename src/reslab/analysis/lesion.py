@@ -164,20 +164,12 @@ def analyze(
     ax1.set_xlabel("deleted block")
     ax1.set_ylabel("test error (%)")
     ax1.legend()
-    ax2.errorbar(
-        [r["k"] for r in k_deleted],
-        [r["mean_error"] for r in k_deleted],
-        [r["std"] for r in k_deleted],
-        fmt="o-",
-        label="k random blocks deleted",
-    )
-    ax2.errorbar(
-        [r["swaps"] for r in reordered],
-        [r["mean_error"] for r in reordered],
-        [r["std"] for r in reordered],
-        fmt="s--",
-        label="k random swaps",
-    )
+    for rows, key, fmt, label in (
+        (k_deleted, "k", "o-", "k random blocks deleted"),
+        (reordered, "swaps", "s--", "k random swaps"),
+    ):
+        x, mean, std = ([r[f] for r in rows] for f in (key, "mean_error", "std"))
+        ax2.errorbar(x, mean, std, fmt=fmt, label=label)
     ax2.set_xlabel("k")
     ax2.set_ylabel("test error (%)")
     ax2.legend()

@@ -20,6 +20,7 @@ def test_train_bench_rows():
     ):
         assert row[key] > 0
     assert row["speedup"] == row["images_per_s"] / row["baseline_images_per_s"]
+    assert row["compile"] == "off"  # the CPU default is eager (compiling measured no gain there)
 
 
 def test_bench_data_writes_json(data_dir, tmp_path, capsys):

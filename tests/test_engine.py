@@ -16,6 +16,7 @@ from reslab.engine import trainer as trainer_module
 from reslab.engine.checkpoint import CheckpointError, atomic_save, list_checkpoints, load_checkpoint
 from reslab.engine.logging import read_jsonl
 from reslab.engine.optim import PlateauSchedule
+from reslab.engine.runtime import compile_mode
 from reslab.engine.weights import load_weights
 
 
@@ -84,11 +85,27 @@ def test_configs_load_and_compose():
         (["optim.milestones=[48000, 32000]"], "must be increasing"),
         (["train.precision=fp16"], "valid choices: bf16, fp32"),
         (["iterations"], "expected key=value"),
+        (["train.compile=maybe"], "train.compile: 'maybe' is invalid; valid choices: auto"),
+        (["train.compile_mode=fast"], "valid choices: auto, default, reduce-overhead"),
     ],
 )
 def test_config_errors_name_key_value_and_choices(overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_config("cifar10/resnet20", overrides)
+
+
+def test_compile_defaults_to_cuda_graphs_on_cuda_only():
+    """The engine's default (compile=auto) is eager on CPU and CUDA graphs on CUDA; explicit
+    settings win."""
+    cfg = load_config("cifar10/resnet20")
+    assert (cfg.train.compile, cfg.train.compile_mode) == ("auto", "auto")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert compile_mode("auto", "auto", cpu) is None
+    assert compile_mode("auto", "auto", cuda) == "reduce-overhead"
+    assert compile_mode(False, "auto", cuda) is None
+    assert compile_mode(True, "auto", cpu) == "default"
+    assert compile_mode(True, "max-autotune", cpu) == "max-autotune"
+    assert load_config("cifar10/resnet20", ["train.compile=false"]).train.compile is False
 
 
 def test_unknown_config_name():

@@ -74,3 +74,21 @@ def test_reproduce_records_reduced_runs_and_report(data_dir, tmp_path, capsys):
     assert "| fig6 | resnet20 | 1/6400 | 8.75 |" in report
     assert main(["report", "--results", str(tmp_path / "results")]) == 0
     assert "fig6/resnet20-seed0-sched1of6400" in capsys.readouterr().out
+
+
+def test_gpu_runs_get_their_own_ledger_entry(tmp_path):
+    """A run of the same protocol on a GPU is recorded beside the CPU one, not over it."""
+    from fractions import Fraction
+
+    from reslab.experiments.reproduce import Run, record
+
+    run = Run("table6", "resnet20", 0, Fraction(1))
+    for device in ("CPU AMD EPYC (2 threads)", "NVIDIA H100 80GB HBM3"):
+        src = tmp_path / device[:3]
+        src.mkdir()
+        (src / "summary.json").write_text(json.dumps({"device": device, "test_error": 8.0}))
+        record(run, src, tmp_path / "results", "cmd", note="n")
+    names = sorted(p.name for p in (tmp_path / "results" / "table6").iterdir())
+    assert names == ["resnet20-seed0", "resnet20-seed0-gpu"]
+    gpu = json.loads((tmp_path / "results/table6/resnet20-seed0-gpu/summary.json").read_text())
+    assert gpu["note"] == "n" and gpu["schedule"] == "paper" and gpu["protocol"] == "paper"

@@ -522,8 +522,27 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device", default="cpu", choices=["cpu", "cuda"], help="where to measure (`bench train`)"
     )
+    p.add_argument(
+        "--compile",
+        default="auto",
+        choices=["auto", "off", "default", "reduce-overhead", "max-autotune"],
+        help="torch.compile mode of reslab's path (`bench train`; auto: the engine's default, "
+        "CUDA graphs on CUDA, eager on CPU)",
+    )
+    p.add_argument(
+        "--imagenet-batch",
+        type=int,
+        default=None,
+        help="batch of the ImageNet-size models (`bench train`; default 256 on CUDA, 16 on CPU)",
+    )
     _add_data_dir(p)
-    p.add_argument("--workers", type=int, default=2, help="JPEG decoding workers")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="loader workers: JPEG decoding (`bench data`, default 2) or the baseline's "
+        "DataLoader (`bench train`, default 4 on CUDA, 2 on CPU)",
+    )
     p.add_argument("--out", default="results/bench", help="directory for the JSON record")
     p.add_argument(
         "--note", default="", help="free text stored with the record (e.g. machine load)"
@@ -544,7 +563,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from reslab.engine.runtime import code_version, describe_device
 
     if args.kind == "data":
-        rows = data_bench.run(args.data_dir, args.workers)
+        rows = data_bench.run(args.data_dir, 2 if args.workers is None else args.workers)
         print(f"{'benchmark':<24} {'images/s':>10} {'baseline':>10} {'ratio':>6}")
         for r in rows:
             base = r.get("baseline_images_per_s")
@@ -552,7 +571,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"{r['name']:<24} {r['images_per_s']:>10.0f} {base or 0:>10.0f} {ratio:>6}")
     else:
         rows = train_bench.run(
-            args.models, args.data_dir, args.device, args.steps, compile=args.compile
+            args.models,
+            args.data_dir,
+            args.device,
+            args.steps,
+            imagenet_batch=args.imagenet_batch,
+            compile=args.compile,
+            workers=args.workers,
         )
         print(
             f"{'model':<10} {'train img/s':>11} {'baseline':>9} {'ratio':>6} {'paper schedule':>15} {'infer img/s':>12} {'baseline':>9}"

@@ -73,8 +73,8 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda when present), "cpu" or "cuda"
     precision: str = "bf16"  # training autocast: "bf16" or "fp32" (evaluation is always fp32)
     channels_last: bool = True  # NHWC memory format (faster on CPU and tensor cores)
-    compile: bool = False  # torch.compile the model (measured: no gain on the 2-core CPU)
-    compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" uses CUDA graphs on GPUs
+    compile: bool | str = "auto"  # torch.compile the model; "auto": on CUDA only (no gain on CPU)
+    compile_mode: str = "auto"  # "auto": "reduce-overhead" (CUDA graphs) on CUDA, else "default"
     sync_bn: bool = False  # SyncBatchNorm across processes in distributed training (GPU only)
     tensorboard: bool = True  # also write TensorBoard event files into the run directory
     log_every: int = 100  # iterations per metrics.jsonl line (and warm-up check)
@@ -105,7 +105,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "data.normalization": ("pixel", "channel"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("bf16", "fp32"),
-    "train.compile_mode": ("default", "reduce-overhead", "max-autotune"),
+    "train.compile_mode": ("auto", "default", "reduce-overhead", "max-autotune"),
 }
 POSITIVE = {
     "optim.lr",
@@ -205,6 +205,10 @@ def validate(cfg: Config) -> Config:
     ):
         if flat[key] < 0:
             raise ConfigError(f"{key}: {flat[key]!r} must be >= 0")
+    if isinstance(cfg.train.compile, str) and cfg.train.compile != "auto":
+        raise ConfigError(
+            f"train.compile: {cfg.train.compile!r} is invalid; valid choices: auto, true, false"
+        )
     if cfg.optim.schedule == "plateau" and not cfg.train.eval_every:
         raise ConfigError(
             "optim.schedule: 'plateau' needs train.eval_every > 0 (it watches the eval error)"

@@ -12,6 +12,7 @@ every step. Both run in the same process on the same machine, one after the othe
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from reslab.engine.optim import PaperSGD
-from reslab.engine.runtime import autocast, configure_cpu
+from reslab.engine.runtime import autocast, compile_mode, configure_cpu, configure_cuda
 from reslab.engine.trainer import train_step
 from reslab.models import create_model
 
@@ -51,6 +52,25 @@ def _time_steps(step, steps: int, warmup: int, device: torch.device) -> float:
     return time.perf_counter() - t
 
 
+def _measure(fn, device: torch.device) -> tuple[float, float | None]:
+    """(fn(), peak GPU memory in MiB during it; None on CPU)."""
+    if device.type != "cuda":
+        return fn(), None
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    value = fn()
+    return value, torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def _compile(model: torch.nn.Module, mode: str | None) -> torch.nn.Module:
+    """Compiled for fixed shapes: without ``dynamic=False`` the second model of a class compiled in
+    one process recompiles with dynamic shapes (measured: minutes for ResNet-50 on an H100)."""
+    if mode is None:
+        return model
+    torch._dynamo.reset()
+    return torch.compile(model, mode=mode, dynamic=False)
+
+
 def reslab_cifar_train(
     name: str,
     images,
@@ -59,15 +79,14 @@ def reslab_cifar_train(
     steps: int,
     warmup: int,
     device,
-    compile: bool | str = False,
+    compile: str | None = None,
 ) -> float:
-    """Images/s of the engine's CIFAR training step (loader + step, metrics on the device)."""
+    """Images/s of the engine's CIFAR training step (loader + step, metrics on the device);
+    ``compile`` is a ``torch.compile`` mode or None (eager)."""
     from reslab.data.loaders import TensorLoader
     from reslab.data.transforms import Normalize
 
-    model = create_model(name).to(device).to(memory_format=torch.channels_last)
-    if compile:
-        model = torch.compile(model, mode=None if compile is True else compile)
+    model = _compile(create_model(name).to(device).to(memory_format=torch.channels_last), compile)
     opt = PaperSGD(model.parameters(), 0.1, 0.9, 1e-4)
     normalize = Normalize.fit(images).to(device)
     loader = TensorLoader(
@@ -170,7 +189,14 @@ def inference(name: str, batch: int, steps: int, device, fast: bool, size: int =
 
 
 def synthetic_train(
-    name: str, batch: int, steps: int, device, fast: bool, size: int = 224
+    name: str,
+    batch: int,
+    steps: int,
+    device,
+    fast: bool,
+    size: int = 224,
+    compile: str | None = None,
+    warmup: int = 1,
 ) -> float:
     """Images/s of training steps on synthetic data (ImageNet-size models), fast path or baseline."""
     model = create_model(name).to(device)
@@ -178,7 +204,7 @@ def synthetic_train(
     y = torch.randint(0, 1000, (batch,), device=device)
     if fast:
         model, x = (
-            model.to(memory_format=torch.channels_last),
+            _compile(model.to(memory_format=torch.channels_last), compile),
             x.contiguous(memory_format=torch.channels_last),
         )
         opt = PaperSGD(model.parameters(), 0.1, 0.9, 1e-4)
@@ -195,7 +221,7 @@ def synthetic_train(
             opt.step()
             loss.item()
 
-    return steps * batch / _time_steps(step, steps, 1, device)
+    return steps * batch / _time_steps(step, steps, warmup, device)
 
 
 def run(
@@ -204,45 +230,68 @@ def run(
     device: str = "cpu",
     steps: int = 20,
     batch: int = 128,
-    imagenet_batch: int = 16,
-    compile: str | None = None,
+    imagenet_batch: int | None = None,
+    compile: str = "auto",
+    workers: int | None = None,
 ) -> list[dict[str, Any]]:
+    """One row per model: reslab's path (the engine's defaults on ``device``) against the baseline.
+
+    ``compile`` is a ``torch.compile`` mode, "off", or "auto" (the engine's default: CUDA graphs on
+    CUDA, eager on CPU). When compiled, the eager fast path is measured too (``eager_images_per_s``).
+    ImageNet-size models train on synthetic 224x224 data with ``imagenet_batch`` images (the paper's
+    256 on CUDA, 16 on CPU by default).
+    """
     device = torch.device(device)
-    if device.type == "cpu":
+    cuda = device.type == "cuda"
+    if cuda:
+        configure_cuda()
+    else:
         configure_cpu()
+    mode = None if compile == "off" else compile_mode(compile, "auto", device)
+    if compile not in ("auto", "off"):
+        mode = compile
+    imagenet_batch = imagenet_batch or (256 if cuda else 16)
+    workers = workers if workers is not None else (4 if cuda else 2)
+    warmup = 10 if cuda else 3  # CUDA graphs are recorded after warm-up runs
     images, labels, source = _cifar_tensors(data_dir, 10_240)
     rows = []
     for name in models:
         is_imagenet = create_model(name).stem_kind == "imagenet"
         if is_imagenet:
             n = max(3, steps // 4)
-            ours = synthetic_train(name, imagenet_batch, n, device, fast=True)
-            base = synthetic_train(name, imagenet_batch, n, device, fast=False)
-            row = {"model": name, "data": "synthetic 224x224", "batch_size": imagenet_batch}
-            infer_ours = inference(name, imagenet_batch, n, device, True, 224)
-            infer_base = inference(name, imagenet_batch, n, device, False, 224)
-        else:
-            ours = reslab_cifar_train(
-                name, images, labels, batch, steps, 3, device, compile=compile or False
+            ours_fn = partial(synthetic_train, name, imagenet_batch, n, device, True, warmup=warmup)
+            base_fn = partial(
+                synthetic_train, name, imagenet_batch, n, device, False, warmup=warmup
             )
-            base = baseline_cifar_train(name, images, labels, batch, steps, 3, device)
-            row = {
-                "model": name,
-                "data": source,
-                "batch_size": batch,
-                "paper_schedule_s": PAPER_IMAGES / ours,
-                "baseline_paper_schedule_s": PAPER_IMAGES / base,
-            }
-            infer_ours = inference(name, 500, max(3, steps // 4), device, True)
-            infer_base = inference(name, 500, max(3, steps // 4), device, False)
+            row = {"model": name, "data": "synthetic 224x224", "batch_size": imagenet_batch}
+            infer = (imagenet_batch, n, 224)
+        else:
+            ours_fn = partial(
+                reslab_cifar_train, name, images, labels, batch, steps, warmup, device
+            )
+            base_fn = partial(
+                baseline_cifar_train, name, images, labels, batch, steps, warmup, device, workers
+            )
+            row = {"model": name, "data": source, "batch_size": batch}
+            infer = (500, max(3, steps // 4), 32)
+        ours, ours_mem = _measure(partial(ours_fn, compile=mode), device)
+        base, base_mem = _measure(base_fn, device)
         row.update(
+            compile=mode or "off",
             images_per_s=ours,
             baseline_images_per_s=base,
             speedup=ours / base,
-            inference_images_per_s=infer_ours,
-            baseline_inference_images_per_s=infer_base,
         )
-        if device.type == "cuda":
-            row["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        if mode is not None:
+            row["eager_images_per_s"] = ours_fn(compile=None)
+        if not is_imagenet:
+            row["paper_schedule_s"] = PAPER_IMAGES / ours
+            row["baseline_paper_schedule_s"] = PAPER_IMAGES / base
+        if cuda:
+            row["peak_memory_mb"], row["baseline_peak_memory_mb"] = ours_mem, base_mem
+        row["inference_images_per_s"] = inference(name, *infer[:2], device, True, infer[2])
+        row["baseline_inference_images_per_s"] = inference(
+            name, *infer[:2], device, False, infer[2]
+        )
         rows.append(row)
     return rows

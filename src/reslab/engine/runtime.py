@@ -65,3 +65,23 @@ def autocast(device: torch.device, precision: str):
 def configure_cpu() -> None:
     """Flush denormals (they slow CPU kernels and do not change these networks' results)."""
     torch.set_flush_denormal(True)
+
+
+def compile_mode(compile: bool | str, mode: str, device: torch.device) -> str | None:
+    """The ``torch.compile`` mode a run uses, or None for eager.
+
+    ``compile="auto"`` compiles on CUDA only: there CUDA graphs remove the per-kernel launch cost
+    that dominates these small networks, while on the 2-core CPU compiling measured no gain.
+    ``mode="auto"`` is "reduce-overhead" (CUDA graphs) on CUDA and "default" elsewhere.
+    """
+    enabled = device.type == "cuda" if compile == "auto" else bool(compile)
+    if not enabled:
+        return None
+    if mode == "auto":
+        return "reduce-overhead" if device.type == "cuda" else "default"
+    return mode
+
+
+def configure_cuda() -> None:
+    """cuDNN autotuning: training's input shapes are fixed, so the fastest kernels are found once."""
+    torch.backends.cudnn.benchmark = True

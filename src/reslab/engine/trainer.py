@@ -59,7 +59,9 @@ from reslab.engine.optim import PaperSGD, StepSchedule, build_schedule, set_lr
 from reslab.engine.runtime import (
     autocast,
     code_version,
+    compile_mode,
     configure_cpu,
+    configure_cuda,
     describe_device,
     resolve_device,
 )
@@ -179,13 +181,15 @@ def train_step(
     precision: str = "bf16",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step; returns the summed loss and the number of top-1 errors (device tensors)."""
+    if images.is_cuda:  # a new step for CUDA graphs (torch.compile "reduce-overhead")
+        torch.compiler.cudagraph_mark_step_begin()
     with autocast(images.device, precision):
         logits = model(images)
         loss = F.cross_entropy(logits.float(), labels)
+    errors = (logits.detach().argmax(1) != labels).sum()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    errors = (logits.detach().argmax(1) != labels).sum()
     return loss.detach() * len(labels), errors
 
 
@@ -282,6 +286,18 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _steady(clock: dict[str, float], world_size: int) -> dict[str, float]:
+    """This session's throughput after its first logging window (compilation, cuDNN autotuning and
+    warm-up excluded), and how long that first window took."""
+    if "first_s" not in clock or clock["train_s"] <= clock["first_s"]:
+        return {}
+    images = world_size * clock["images"] - clock["first_images"]
+    return {
+        "session_first_window_s": round(clock["first_s"], 2),
+        "session_steady_images_per_s": round(images / (clock["train_s"] - clock["first_s"]), 1),
+    }
+
+
 def save_safetensors(model: nn.Module, path: Path, cfg: Config, data: DataBundle) -> None:
     """Final weights as a plain state dict; the metadata says how to rebuild and feed the model
     (model name and options, input normalisation statistics, class names)."""
@@ -341,8 +357,9 @@ def _wrap_model(cfg: Config, core: nn.Module, info: distributed.DistInfo, device
             core = model = nn.SyncBatchNorm.convert_sync_batchnorm(core)
         ids = [device.index] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(core, device_ids=ids)
-    if cfg.train.compile:
-        model = torch.compile(model, mode=cfg.train.compile_mode)
+    mode = compile_mode(cfg.train.compile, cfg.train.compile_mode, device)
+    if mode is not None:
+        model = torch.compile(model, mode=mode, dynamic=False)  # training shapes are fixed
     return core, model
 
 
@@ -361,6 +378,8 @@ def _fit(
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if device.type == "cpu":
         configure_cpu()
+    elif device.type == "cuda":
+        configure_cuda()
     seed_everything(t.seed)
     core, model = _wrap_model(cfg, build_model(cfg, device), info, device)
     optimizer = PaperSGD(core.parameters(), o.lr, o.momentum, o.weight_decay)
@@ -445,6 +464,8 @@ def _fit(
         lr = optimizer.param_groups[0]["lr"]
         images = info.world_size * clock["images"]
         ips = images / clock["train_s"] if clock["train_s"] > 0 else float("nan")
+        if "first_s" not in clock:  # the first window holds compilation and autotuning
+            clock.update(first_s=clock["train_s"], first_images=images)
         logger.log(
             iteration=state.iteration,
             epoch=state.epoch,
@@ -554,8 +575,11 @@ def _fit(
         if state.train_time_s
         else None,
         "peak_memory_mb": round(_peak_memory_mb(device), 1),
+        **_steady(clock, info.world_size),
         "device": describe_device(device) + processes,
         "precision": t.precision,
+        "compile": compile_mode(t.compile, t.compile_mode, device) or "off",
+        "channels_last": t.channels_last,
         "seed": t.seed,
         "code_version": code_version(),
         "torch_version": torch.__version__,

@@ -31,6 +31,10 @@ def _mean_std(values: list[float]) -> str:
     )
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
 def build(results: str | Path = "results") -> str:
     results = Path(results)
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -59,7 +63,7 @@ def build(results: str | Path = "results") -> str:
         lines.append(
             f"| {experiment} | {model} | {schedule} | {paper if paper is not None else '-'} | "
             f"{_mean_std(test)} ({len(runs)}) | {_mean_std(train)} | {device} | {precision} | "
-            f"{wall / 3600:.2f} h | {dirs} |"
+            f"{_duration(wall)} | {dirs} |"
         )
     if not groups:
         lines.append("| (no finished runs yet) | | | | | | | | | |")

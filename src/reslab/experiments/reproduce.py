@@ -110,10 +110,12 @@ def plan(experiment: str, schedule: Fraction, seeds: int, only: list[str] | None
     return [Run(experiment, m, s, schedule) for m in models for s in range(seeds)]
 
 
-def record(run: Run, run_dir: Path, results: Path, command: str) -> Path:
-    """Copy a finished run into the ledger, with the protocol stated in its summary."""
+def record(run: Run, run_dir: Path, results: Path, command: str, **extra: Any) -> Path:
+    """Copy a finished run into the ledger, with the protocol stated in its summary (``extra``
+    keys, such as a note, are added to it)."""
     summary = json.loads((run_dir / "summary.json").read_text())
     summary.update(
+        **extra,
         experiment=run.experiment,
         seed=run.seed,
         command=command,
@@ -122,7 +124,9 @@ def record(run: Run, run_dir: Path, results: Path, command: str) -> Path:
         if run.schedule == 1
         else f"reslab reduced schedule ({run.schedule} of the paper's iterations)",
     )
-    target = results / run.experiment / run.name
+    # a GPU run of the same protocol is a separate ledger entry beside the CPU one
+    device_tag = "" if summary.get("device", "CPU").startswith("CPU") else "-gpu"
+    target = results / run.experiment / f"{run.name}{device_tag}"
     target.mkdir(parents=True, exist_ok=True)
     for name in LEDGER_FILES[1:]:
         if (run_dir / name).is_file():

@@ -530,6 +530,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "CUDA graphs on CUDA, eager on CPU)",
     )
     p.add_argument(
+        "--cuda-graph",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="replay whole CIFAR steps from one CUDA graph (`bench train`; auto: on CUDA unless "
+        "--compile names a mode)",
+    )
+    p.add_argument(
         "--imagenet-batch",
         type=int,
         default=None,
@@ -578,6 +585,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             imagenet_batch=args.imagenet_batch,
             compile=args.compile,
             workers=args.workers,
+            cuda_graph=args.cuda_graph,
         )
         print(
             f"{'model':<10} {'train img/s':>11} {'baseline':>9} {'ratio':>6} {'paper schedule':>15} {'infer img/s':>12} {'baseline':>9}"

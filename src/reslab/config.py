@@ -75,6 +75,9 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory format (faster on CPU and tensor cores)
     compile: bool | str = "auto"  # torch.compile the model; "auto": on CUDA only (no gain on CPU)
     compile_mode: str = "auto"  # "auto": "reduce-overhead" (CUDA graphs) on CUDA, else "default"
+    # replay each whole CIFAR step from one CUDA graph; "auto": on one CUDA device unless compile
+    # is set explicitly (then compile decides)
+    cuda_graph: bool | str = "auto"
     sync_bn: bool = False  # SyncBatchNorm across processes in distributed training (GPU only)
     tensorboard: bool = True  # also write TensorBoard event files into the run directory
     log_every: int = 100  # iterations per metrics.jsonl line (and warm-up check)
@@ -205,10 +208,12 @@ def validate(cfg: Config) -> Config:
     ):
         if flat[key] < 0:
             raise ConfigError(f"{key}: {flat[key]!r} must be >= 0")
-    if isinstance(cfg.train.compile, str) and cfg.train.compile != "auto":
-        raise ConfigError(
-            f"train.compile: {cfg.train.compile!r} is invalid; valid choices: auto, true, false"
-        )
+    for key in ("compile", "cuda_graph"):
+        value = getattr(cfg.train, key)
+        if isinstance(value, str) and value != "auto":
+            raise ConfigError(
+                f"train.{key}: {value!r} is invalid; valid choices: auto, true, false"
+            )
     if cfg.optim.schedule == "plateau" and not cfg.train.eval_every:
         raise ConfigError(
             "optim.schedule: 'plateau' needs train.eval_every > 0 (it watches the eval error)"

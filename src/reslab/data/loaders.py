@@ -79,29 +79,41 @@ class TensorLoader:
             return torch.arange(n)
         return torch.randperm(n, generator=seeded_generator(self.seed, epoch))
 
+    def epoch_tables(
+        self, epoch: int
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The training epoch ``epoch`` as tables on the device, one row per global batch: image
+        indices (batches x batch_size) and crop rows, crop columns and mirror flags (same shape).
+
+        Each batch's parameters come from the seed of (seed, epoch, batch), so any row is the same
+        whichever batch a run starts or resumes at; the whole epoch moves to the device at once.
+        """
+        if not self.train:
+            raise ValueError("epoch_tables() describes training epochs (train=True)")
+        nb, bs = len(self), self.batch_size
+        order = self.order(epoch)[: nb * bs].view(nb, bs).to(self.device)
+        drawn = [
+            crop_flip_params(bs, seeded_generator(self.seed, epoch, b), self.pad) for b in range(nb)
+        ]
+        params = tuple(torch.stack(p).to(self.device) for p in zip(*drawn, strict=True))
+        return order, params
+
     def batches(
         self, epoch: int = 0, start: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start, start+1, ...`` of ``epoch``."""
-        order = self.order(epoch).to(self.device)
         rank, world = self.shard
-        if self.train:
-            # every batch's crop/flip parameters, drawn for the whole global batch from the seed of
-            # (seed, epoch, batch) and moved once per epoch (no host-device copy inside the loop)
-            drawn = [
-                crop_flip_params(self.batch_size, seeded_generator(self.seed, epoch, b), self.pad)
-                for b in range(start, len(self))
-            ]
-            params = (
-                [torch.stack(p).to(self.device) for p in zip(*drawn, strict=True)] if drawn else []
-            )
+        if not self.train:
+            order = self.order(epoch).to(self.device)
+            for b in range(start, len(self)):
+                idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+                yield self.normalize(self.images[idx]), self.labels[idx]
+            return
+        order, params = self.epoch_tables(epoch)
+        part = slice(rank * self.batch_size // world, (rank + 1) * self.batch_size // world)
         for b in range(start, len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            part = slice(rank * len(idx) // world, (rank + 1) * len(idx) // world)
-            idx = idx[part]
-            x = self.images[idx]
-            if self.train:  # this rank's part of the global batch's parameters
-                x = crop_flip(x, *(p[b - start][part] for p in params), pad=self.pad)
+            idx = order[b, part]  # this rank's part of the global batch and of its parameters
+            x = crop_flip(self.images[idx], *(p[b, part] for p in params), pad=self.pad)
             yield self.normalize(x), self.labels[idx]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

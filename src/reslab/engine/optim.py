@@ -39,20 +39,45 @@ class PaperSGD(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            grads = [p.grad for p in params]
-            if group["weight_decay"]:
-                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
-            bufs = []
-            for p in params:
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
-                    )
-                bufs.append(state["momentum_buffer"])
-            torch._foreach_mul_(bufs, group["momentum"])
-            torch._foreach_add_(bufs, grads, alpha=group["lr"])
-            torch._foreach_sub_(params, bufs)
+            paper_sgd_update(
+                params,
+                [p.grad for p in params],
+                self.momentum_buffers(params),
+                group["lr"],
+                group["momentum"],
+                group["weight_decay"],
+            )
+
+    def momentum_buffers(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The velocity of each of ``params`` (created as zeros on first use)."""
+        bufs = []
+        for p in params:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            bufs.append(state["momentum_buffer"])
+        return bufs
+
+
+@torch.no_grad()
+def paper_sgd_update(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    bufs: list[torch.Tensor],
+    lr: float | torch.Tensor,
+    momentum: float,
+    weight_decay: float,
+) -> None:
+    """``v = momentum*v + lr*(g + weight_decay*w)``, ``w = w - v`` over lists, in place.
+
+    ``lr`` may be a device tensor (what a CUDA graph needs); a float and a tensor of the same value
+    give bit-identical results, so the graphed and the eager step train alike.
+    """
+    if weight_decay:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    torch._foreach_mul_(bufs, momentum)
+    torch._foreach_add_(bufs, torch._foreach_mul(grads, lr))
+    torch._foreach_sub_(params, bufs)
 
 
 class StepSchedule:

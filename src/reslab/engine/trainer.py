@@ -53,6 +53,7 @@ from reslab.engine.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from reslab.engine.graphed import GraphedStep
 from reslab.engine.logging import JsonlLogger
 from reslab.engine.multiview import view_probs
 from reslab.engine.optim import PaperSGD, StepSchedule, build_schedule, set_lr
@@ -259,6 +260,50 @@ def train_one_epoch(
     return True
 
 
+def train_one_epoch_graphed(
+    step: GraphedStep,
+    schedule: StepSchedule,
+    state: TrainState,
+    *,
+    until: int,
+    on_step: Callable[[torch.Tensor | None, torch.Tensor | None, int], bool] | None = None,
+) -> bool:
+    """:func:`train_one_epoch` with the whole step replayed from a CUDA graph (:mod:`graphed`);
+    the step adds its loss and errors to the window itself, so ``on_step`` gets None for them."""
+    batches, size = len(step.loader), step.loader.batch_size
+    step.start_epoch(state.epoch, state.position)
+    while state.position < batches:
+        step.set_lr(schedule.lr(state.iteration))
+        step.step()
+        state.iteration += 1
+        state.position += 1
+        stop = on_step(None, None, size) if on_step is not None else False
+        if stop or state.iteration >= until:
+            if state.position < batches:
+                return False
+            break
+    state.epoch, state.position = state.epoch + 1, 0
+    return True
+
+
+def use_cuda_graph(cfg: Config, info: distributed.DistInfo, device: torch.device) -> bool:
+    """Whether a run trains through :class:`GraphedStep` (``train.cuda_graph``; "auto": on CUDA, in
+    one process, for CIFAR, unless ``train.compile`` is set explicitly). ``true`` on a CPU runs the
+    same step eagerly (what the CPU tests use)."""
+    t = cfg.train
+    possible = not info.enabled and cfg.data.dataset == "cifar10"
+    if t.cuda_graph == "auto":
+        return possible and device.type == "cuda" and t.compile == "auto"
+    if t.cuda_graph and not possible:
+        raise ValueError(
+            "train.cuda_graph=true needs one process and CIFAR data "
+            f"({info.world_size} processes, dataset {cfg.data.dataset}); set train.cuda_graph=auto"
+        )
+    if t.cuda_graph and t.compile is True:
+        raise ValueError("train.cuda_graph=true and train.compile=true exclude each other")
+    return bool(t.cuda_graph)
+
+
 class _StopRequest:
     """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
 
@@ -345,6 +390,10 @@ def fit(
         distributed.cleanup()
 
 
+def _compile_mode(cfg: Config, device: torch.device) -> str | None:
+    return compile_mode(cfg.train.compile, cfg.train.compile_mode, device)
+
+
 def _wrap_model(cfg: Config, core: nn.Module, info: distributed.DistInfo, device: torch.device):
     """(the module to save and evaluate, the module to train: DDP-wrapped and/or compiled)."""
     model = core
@@ -357,7 +406,7 @@ def _wrap_model(cfg: Config, core: nn.Module, info: distributed.DistInfo, device
             core = model = nn.SyncBatchNorm.convert_sync_batchnorm(core)
         ids = [device.index] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(core, device_ids=ids)
-    mode = compile_mode(cfg.train.compile, cfg.train.compile_mode, device)
+    mode = None if use_cuda_graph(cfg, info, device) else _compile_mode(cfg, device)
     if mode is not None:
         model = torch.compile(model, mode=mode, dynamic=False)  # training shapes are fixed
     return core, model
@@ -504,10 +553,11 @@ def _fit(
             logger.log(event="lr_drop", iteration=state.iteration, lr=schedule.lr(state.iteration))
         return result
 
-    def on_step(loss_sum: torch.Tensor, errors: torch.Tensor, batch: int) -> bool:
-        window[0] += loss_sum
-        window[1] += errors
-        window[2] += batch
+    def on_step(loss_sum: torch.Tensor | None, errors: torch.Tensor | None, batch: int) -> bool:
+        if loss_sum is not None:  # (a graphed step adds to the window itself)
+            window[0] += loss_sum
+            window[1] += errors
+            window[2] += batch
         clock["images"] += batch
         bar.update(1)
         it = state.iteration
@@ -525,8 +575,15 @@ def _fit(
         last["stop"] = distributed.any_process(stop.requested, info, device)
         return last["stop"]
 
+    graphed = None
+    if use_cuda_graph(cfg, info, device):
+        graphed = GraphedStep(core, optimizer, train_loader, window, t.precision)
     with _StopRequest() as stop:
         while state.iteration < total and not last["stop"]:
+            if graphed is not None:
+                core.train()
+                train_one_epoch_graphed(graphed, schedule, state, until=total, on_step=on_step)
+                continue
             train_one_epoch(
                 model,
                 optimizer,
@@ -578,7 +635,8 @@ def _fit(
         **_steady(clock, info.world_size),
         "device": describe_device(device) + processes,
         "precision": t.precision,
-        "compile": compile_mode(t.compile, t.compile_mode, device) or "off",
+        "compile": "off" if graphed is not None else _compile_mode(cfg, device) or "off",
+        "cuda_graph": "off" if graphed is None else "whole step" if graphed.capture else "eager",
         "channels_last": t.channels_last,
         "seed": t.seed,
         "code_version": code_version(),

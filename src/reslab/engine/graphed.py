@@ -1,0 +1,143 @@
+"""The whole CIFAR training step as one CUDA graph: one launch per step instead of hundreds.
+
+    uv run reslab train cifar10/resnet20 --set train.cuda_graph=true   # on a CUDA device
+
+A ResNet-20 step is about 400 small kernels (augmentation gather, forward, loss, backward, the SGD
+update, metric sums); launched one by one from Python, their launch cost, not the arithmetic, sets
+the speed on a GPU. :class:`GraphedStep` records the step once with :class:`torch.cuda.CUDAGraph` and
+replays it: the batch is picked *inside* the graph from epoch tables resident on the device (image
+indices, crop offsets, mirror flags; see :meth:`TensorLoader.epoch_tables`) by a step counter the graph
+itself advances, the learning rate is a device tensor, and the loss and error sums accumulate into a
+device window that the trainer reads every logging interval. Nothing crosses to the host per step.
+
+The step is the engine's :func:`~reslab.engine.trainer.train_step` with the same data, the same
+paper SGD (``v = m*v + lr*(g + wd*w)``, ``w -= v``) and the same autocast. The first ``warmup`` steps
+run eagerly through the same code (CUDA graphs need warmed-up cuDNN/cuBLAS handles); every later step
+is a replay. On a CPU (or with ``capture=False``) every step runs eagerly, which is how the tests
+check the arithmetic on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reslab.data.loaders import TensorLoader
+from reslab.data.transforms import crop_flip
+from reslab.engine.optim import PaperSGD, paper_sgd_update
+
+
+class GraphedStep:
+    """Training steps of ``model`` on ``loader``'s epochs, replayed from one CUDA graph.
+
+    Args:
+        model: the module to train (eager; in training mode).
+        optimizer: a :class:`PaperSGD` with one parameter group; its momentum buffers are used (and
+            created when missing), so checkpoints of the optimizer stay valid.
+        loader: the training :class:`TensorLoader` (one process, data on the step's device).
+        window: float64 device tensor ``[loss sum, error count, images]`` the steps add to.
+        precision: "bf16" (autocast) or "fp32".
+        capture: record a CUDA graph (default: when the data is on a CUDA device).
+        warmup: eager steps before the capture.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: PaperSGD,
+        loader: TensorLoader,
+        window: torch.Tensor,
+        precision: str = "bf16",
+        *,
+        capture: bool | None = None,
+        warmup: int = 3,
+    ) -> None:
+        if len(optimizer.param_groups) != 1:
+            raise ValueError("GraphedStep needs an optimizer with a single parameter group")
+        if loader.shard != (0, 1):
+            raise ValueError("GraphedStep runs in one process; use the eager step under torchrun")
+        self.model, self.optimizer, self.loader, self.window = model, optimizer, loader, window
+        self.precision = precision
+        device = loader.device
+        self.capture = device.type == "cuda" if capture is None else capture
+        if self.capture and device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, not {device}")
+        self.warmup = warmup
+        group = optimizer.param_groups[0]
+        self.params = [p for p in group["params"] if p.requires_grad]
+        self.momentum, self.weight_decay = group["momentum"], group["weight_decay"]
+        self.lr = torch.tensor(float(group["lr"]), device=device)
+        self._lr_value = float(group["lr"])
+        # the epoch tables the graph reads, and the batch counter it advances (fixed addresses)
+        nb, bs = len(loader), loader.batch_size
+        self.order = torch.zeros(nb, bs, dtype=torch.long, device=device)
+        self.oy = torch.zeros(nb, bs, dtype=torch.long, device=device)
+        self.ox = torch.zeros(nb, bs, dtype=torch.long, device=device)
+        self.mirror = torch.zeros(nb, bs, dtype=torch.bool, device=device)
+        self.batch = torch.zeros(1, dtype=torch.long, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.eager_steps = 0
+
+    def _body(self) -> None:
+        """One step, written without host synchronisation so that it can be captured."""
+        loader = self.loader
+        row = self.batch
+        idx = self.order.index_select(0, row).view(-1)
+        oy, ox, mirror = (t.index_select(0, row).view(-1) for t in (self.oy, self.ox, self.mirror))
+        images = loader.normalize(crop_flip(loader.images[idx], oy, ox, mirror, pad=loader.pad))
+        labels = loader.labels[idx]
+        enabled = self.precision == "bf16"
+        # autocast's weight cache must be off while capturing (the cached casts would be freed)
+        with torch.autocast(
+            images.device.type, dtype=torch.bfloat16, enabled=enabled, cache_enabled=False
+        ):
+            logits = self.model(images)
+            loss = F.cross_entropy(logits.float(), labels)
+        errors = (logits.detach().argmax(1) != labels).sum()
+        loss.backward()
+        with torch.no_grad():
+            grads = [p.grad for p in self.params]
+            bufs = self.optimizer.momentum_buffers(self.params)
+            paper_sgd_update(self.params, grads, bufs, self.lr, self.momentum, self.weight_decay)
+            self.window[0] += loss.detach() * len(labels)
+            self.window[1] += errors
+            self.window[2] += len(labels)
+            self.batch += 1
+
+    def start_epoch(self, epoch: int, start: int = 0) -> None:
+        """Load epoch ``epoch``'s tables; the next step is its batch ``start``."""
+        order, (oy, ox, mirror) = self.loader.epoch_tables(epoch)
+        for static, new in ((self.order, order), (self.oy, oy), (self.ox, ox)):
+            static.copy_(new)
+        self.mirror.copy_(mirror)
+        self.batch.fill_(start)
+
+    def set_lr(self, lr: float) -> None:
+        if lr != self._lr_value:  # a device write only when the schedule changes
+            self.lr.fill_(lr)
+            self._lr_value = lr
+        self.optimizer.param_groups[0]["lr"] = lr  # checkpoints and logs read it there
+
+    def step(self) -> None:
+        """Train on the next batch of the current epoch."""
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        if not self.capture or self.eager_steps < self.warmup:
+            self.model.zero_grad(set_to_none=True)
+            if self.capture:  # warm-up on a side stream, as CUDA graph capture requires
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    self._body()
+                torch.cuda.current_stream().wait_stream(side)
+            else:
+                self._body()
+            self.eager_steps += 1
+            return
+        self.model.zero_grad(set_to_none=True)  # the graph allocates (and rewrites) the gradients
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._body()
+        self.graph.replay()  # capturing records the step without running it

@@ -1,0 +1,147 @@
+"""The whole-step CUDA graph trains exactly like the engine's eager step.
+
+On CPU the graphed step runs its body eagerly, which checks everything but the capture: the batch
+picked inside the step from the epoch tables, the learning rate as a device tensor, the paper SGD
+update and the metric window. The capture itself is checked on a GPU (marked ``gpu``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reslab.data.loaders import TensorLoader
+from reslab.data.transforms import Normalize
+from reslab.engine import PaperSGD, StepSchedule, TrainState, train_one_epoch
+from reslab.engine.graphed import GraphedStep
+from reslab.engine.trainer import train_one_epoch_graphed
+from reslab.models import create_model
+
+
+def _setup(device: str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (96,), generator=g)
+    normalize = Normalize.fit(images).to(device)
+    loader = TensorLoader(images, labels, 32, normalize, train=True, seed=1, device=device)
+    torch.manual_seed(seed)
+    model = create_model("resnet8").to(device)
+    opt = PaperSGD(model.parameters(), 0.1, 0.9, 1e-4)
+    return model, opt, loader
+
+
+def _train(device: str, graphed: bool, iterations: int, capture: bool | None = None):
+    model, opt, loader = _setup(device)
+    schedule = StepSchedule(0.1, [4])  # an lr drop inside the run
+    state, window = TrainState(), torch.zeros(3, dtype=torch.float64, device=device)
+
+    def on_step(loss, errors, n):
+        if loss is not None:
+            window[0] += loss
+            window[1] += errors
+            window[2] += n
+        return False
+
+    step = GraphedStep(model, opt, loader, window, "fp32", capture=capture, warmup=2)
+    while state.iteration < iterations:
+        if graphed:
+            train_one_epoch_graphed(step, schedule, state, until=iterations, on_step=on_step)
+        else:
+            train_one_epoch(
+                model, opt, loader, schedule, state, until=iterations, precision="fp32",
+                on_step=on_step,
+            )  # fmt: skip
+    return model, window.cpu(), state
+
+
+def test_graphed_step_matches_eager_step_on_cpu():
+    """7 steps over three epochs (3 batches each) with an lr drop: same weights, same metrics."""
+    eager, w_eager, s_eager = _train("cpu", graphed=False, iterations=7)
+    graphed, w_graphed, s_graphed = _train("cpu", graphed=True, iterations=7)
+    assert (s_graphed.iteration, s_graphed.epoch, s_graphed.position) == (7, 2, 1)
+    assert (s_eager.iteration, s_eager.epoch, s_eager.position) == (7, 2, 1)
+    for (name, a), b in zip(eager.state_dict().items(), graphed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # the same kernels in the same order: bit-identical
+    assert torch.equal(w_graphed, w_eager) and w_graphed[2] == 7 * 32
+
+
+def test_graphed_step_refuses_what_it_cannot_capture():
+    model, opt, loader = _setup("cpu")
+    window = torch.zeros(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        GraphedStep(model, opt, loader, window, capture=True)
+    sharded = TensorLoader(
+        loader.images, loader.labels, 32, loader.normalize, train=True, shard=(0, 2)
+    )
+    with pytest.raises(ValueError, match="one process"):
+        GraphedStep(model, opt, sharded, window)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is present")
+def test_captured_step_matches_eager_step_on_gpu():
+    """Replays of the captured graph train like eager steps (cuDNN may pick other kernels, so the
+    weights agree to a tolerance, not bitwise)."""
+    torch.backends.cudnn.deterministic = True
+    eager, w_eager, _ = _train("cuda", graphed=False, iterations=7)
+    graphed, w_graphed, _ = _train("cuda", graphed=True, iterations=7, capture=True)
+    for (name, a), b in zip(eager.state_dict().items(), graphed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
+    assert w_graphed[2] == w_eager[2] == 7 * 32
+    torch.testing.assert_close(w_graphed[0], w_eager[0], rtol=1e-4, atol=0)
+
+
+def test_fit_through_the_graphed_step_resumes_and_matches_the_eager_engine(
+    data_dir, tmp_path, monkeypatch
+):
+    """``train.cuda_graph=true`` (run eagerly on CPU): an interrupted and resumed run ends with the
+    same weights as a straight one, and both agree with the engine's eager step."""
+    from reslab.config import load_config
+    from reslab.engine import fit
+    from reslab.engine.checkpoint import load_checkpoint
+
+    def cfg(**extra):
+        overrides = [
+            "train.iterations=9",
+            "train.batch_size=32",
+            "optim.milestones=[5, 7]",
+            "train.log_every=2",
+            "train.eval_every=4",
+            "train.checkpoint_every=3",
+            "data.eval_split=val5k",
+            f"data.data_dir={data_dir}",
+            "model.name=resnet8",
+            "train.precision=fp32",
+            "train.tensorboard=false",
+        ]
+        return load_config("cifar10/resnet20", overrides + [f"{k}={v}" for k, v in extra.items()])
+
+    graphed = fit(cfg(**{"train.cuda_graph": "true"}), tmp_path / "graphed", progress=False)
+    eager = fit(cfg(), tmp_path / "eager", progress=False)
+    assert graphed["cuda_graph"] == "eager" and eager["cuda_graph"] == "off"
+    assert graphed["train_error"] == eager["train_error"]
+
+    calls = {"n": 0}
+    real_step = GraphedStep.step
+
+    def step_then_interrupt(self):
+        real_step(self)
+        calls["n"] += 1
+        if calls["n"] == 5:
+            import signal
+
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(GraphedStep, "step", step_then_interrupt)
+    first = fit(cfg(**{"train.cuda_graph": "true"}), tmp_path / "resumed", progress=False)
+    assert first["status"] == "interrupted" and first["iteration"] == 5
+    monkeypatch.undo()
+    resumed = fit(cfg(**{"train.cuda_graph": "true"}), tmp_path / "resumed", progress=False)
+    assert resumed["status"] == "finished" and resumed["train_error"] == graphed["train_error"]
+
+    def weights(name):
+        return load_checkpoint(tmp_path / name / "checkpoints" / "final.pt")["model"]
+
+    for key, value in weights("graphed").items():
+        assert torch.equal(value, weights("resumed")[key]), key
+        assert torch.equal(value, weights("eager")[key]), key

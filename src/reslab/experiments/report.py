@@ -35,6 +35,44 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
+def _throughput_table(results: Path, benches: list[Path]) -> list[str]:
+    """Training throughput rows of the `bench train` records: reslab's path against the baseline."""
+    rows = []
+    for path in benches:
+        b = json.loads(path.read_text())
+        if b.get("kind") != "train":
+            continue
+        for r in b["results"]:
+            graph = r.get("cuda_graph", "off")
+            mode = r.get("compile", "off")
+            how = (
+                "whole-step CUDA graph"
+                if graph == "whole step"
+                else f"compile {mode}"
+                if mode != "off"
+                else "eager bf16, channels_last"
+            )
+            eager = r.get("eager_images_per_s")
+            sched = r.get("paper_schedule_s")
+            rows.append(
+                f"| {r['model']} | {b['device']} | {how} | {r['images_per_s']:,.0f} | "
+                f"{f'{eager:,.0f}' if eager else '-'} | {r['baseline_images_per_s']:,.0f} | "
+                f"{r['speedup']:.2f}x | {_duration(sched) if sched else '-'} | "
+                f"`{path.relative_to(results)}` |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "Training images/s, reslab's path against the typical-user baseline measured in the same",
+        "process (eager fp32 NCHW, per-sample DataLoader transforms, `.item()` every step):",
+        "",
+        "| model | device | reslab path | images/s | same path eager | baseline | ratio | paper schedule | record |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+
+
 def build(results: str | Path = "results") -> str:
     results = Path(results)
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -81,6 +119,7 @@ def build(results: str | Path = "results") -> str:
             lines.append(
                 f"| `{path.relative_to(results)}` | {b.get('device', '')} | {b.get('date', '')} | `{b.get('command', '')}` |"
             )
+        lines += _throughput_table(results, benches)
     analyses = sorted(p.parent for p in results.glob("analysis/*/README.md"))
     if analyses:
         lines += ["", "## Analyses", ""]

@@ -75,6 +75,23 @@ def test_reproduce_records_reduced_runs_and_report(data_dir, tmp_path, capsys):
     assert main(["report", "--results", str(tmp_path / "results")]) == 0
     assert "fig6/resnet20-seed0-sched1of6400" in capsys.readouterr().out
 
+    # the figure and its report, labelled as the reduced protocol
+    fig_dir = tmp_path / "results" / "fig6"
+    assert (fig_dir / "fig6-sched1of6400.png").stat().st_size > 10_000
+    md = (fig_dir / "fig6-sched1of6400.md").read_text()
+    assert "reduced schedule: 1/6400" in md and "| resnet20 |" in md and "| 8.75 |" in md
+    curves = json.loads((fig_dir / "fig6-sched1of6400.json").read_text())["runs"]["resnet20"]
+    assert [it for it, _ in curves["train"]][-1] == 10 and curves["test"][-1][0] == 10
+
+    from fractions import Fraction
+
+    from reslab.experiments import figures
+
+    png = figures.fig7(tmp_path / "results", Fraction(1, 6400), str(data_dir), limit=200)
+    record = json.loads(png.with_suffix(".json").read_text())["runs"]["resnet20"]
+    assert len(record["std"]) == 18 and all(s > 0 for s in record["std"])  # 9 blocks x 2 BNs
+    assert "| resnet20 | 18 |" in png.with_suffix(".md").read_text()
+
 
 def test_gpu_runs_get_their_own_ledger_entry(tmp_path):
     """A run of the same protocol on a GPU is recorded beside the CPU one, not over it."""

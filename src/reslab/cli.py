@@ -453,7 +453,12 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "reproduce", help="run one of the paper's CIFAR-10 experiments into the results ledger"
     )
-    p.add_argument("experiment", choices=["table6", "fig6", "resnet1202", "preact"])
+    p.add_argument(
+        "experiment",
+        choices=["table6", "fig6", "fig7", "resnet1202", "preact"],
+        help="fig6 also draws the figure and its report; fig7 trains (or reuses) the fig6 nets "
+        "of the schedule and measures their layer responses",
+    )
     p.add_argument(
         "--schedule", default="1", help="fraction of the paper's iterations, e.g. 1/8 (default 1)"
     )
@@ -469,12 +474,15 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    from reslab.experiments import figures
     from reslab.experiments.report import build
     from reslab.experiments.reproduce import parse_schedule, reproduce
 
+    schedule = parse_schedule(args.schedule)
+    experiment = "fig6" if args.experiment == "fig7" else args.experiment
     summaries = reproduce(
-        args.experiment,
-        parse_schedule(args.schedule),
+        experiment,
+        schedule,
         args.seeds,
         args.only,
         data_dir=args.data_dir,
@@ -486,8 +494,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     )
     for summary in summaries:
         _print_summary(summary)
+    finished = all(s["status"] == "finished" for s in summaries)
+    if experiment == "fig6" and any(s["status"] == "finished" for s in summaries):
+        print(f"wrote {figures.fig6(args.results, schedule)}")
+    if args.experiment == "fig7" and finished:
+        print(f"wrote {figures.fig7(args.results, schedule, args.data_dir)}")
     build(args.results)
-    return 0 if all(s["status"] == "finished" for s in summaries) else 130
+    return 0 if finished else 130
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:

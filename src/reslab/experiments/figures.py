@@ -1,0 +1,274 @@
+"""Fig. 6 and Fig. 7 of the paper from the runs in the ledger, with a Markdown report beside each.
+
+    uv run reslab reproduce fig6 --schedule 1/8 --only plain20 plain56 resnet20 resnet56
+    uv run reslab reproduce fig7 --schedule 1/8     # layer responses of those trained nets
+
+``fig6`` draws training error (thin dashed) and test error (bold) against iterations, plain nets in
+one panel and ResNets in the other, from each run's ``metrics.jsonl``. ``fig7`` measures the std of
+every 3x3 layer's output after BN (before ReLU/addition) on the CIFAR-10 test set for the trained
+nets of the same schedule, in layer order and sorted. Each writes ``<name>.png``, ``<name>.json``
+(the plotted numbers) and ``<name>.md`` (the paper's statement beside ours, and the checks) into
+``results/<experiment>/``. Runs of a reduced schedule say so in every title, file name and row.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from reslab.engine.logging import read_jsonl
+from reslab.experiments.reproduce import PAPER_TABLE6, schedule_tag
+
+PAPER_FIG6 = {  # read off the paper's Fig. 6 curves (PAPER.md): test error, percent
+    "plain20": "about 9-10",
+    "plain56": "about 13",
+}
+
+
+def _schedule_text(schedule: Fraction) -> str:
+    if schedule == 1:
+        return "paper schedule (64k iterations)"
+    return f"reslab reduced schedule: {schedule} of the paper's iterations"
+
+
+def _finished_runs(results: Path, experiment: str, schedule: Fraction) -> dict[str, dict[str, Any]]:
+    """model -> summary (with ``_dir``) of the finished seed-0 runs of ``schedule``; CPU runs are
+    preferred over GPU runs of the same protocol only when both exist (the first found wins)."""
+    wanted = "paper" if schedule == 1 else str(schedule)
+    runs: dict[str, dict[str, Any]] = {}
+    for path in sorted((results / experiment).glob("*/summary.json")):
+        summary = json.loads(path.read_text())
+        if summary.get("status") != "finished" or summary.get("schedule") != wanted:
+            continue
+        if summary.get("seed", 0) != 0 or summary["model"] in runs:
+            continue
+        summary["_dir"] = path.parent
+        runs[summary["model"]] = summary
+    return runs
+
+
+def _curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    train, test = [], []
+    for row in read_jsonl(run_dir / "metrics.jsonl"):
+        if "train_error" in row and "event" not in row:
+            train.append((row["iteration"], row["train_error"]))
+        if "test_error" in row and "test_views" not in row:
+            test.append((row["iteration"], row["test_error"]))
+    return {"train": train, "test": test}
+
+
+def _depth(model: str) -> int:
+    return int("".join(c for c in model if c.isdigit()))
+
+
+def fig6(results: str | Path, schedule: Fraction = Fraction(1)) -> Path:
+    """Plot and report Fig. 6 from ``results/fig6``; returns the PNG's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = Path(results)
+    runs = _finished_runs(results, "fig6", schedule)
+    if not runs:
+        raise FileNotFoundError(
+            f"no finished fig6 runs of schedule {schedule} under {results / 'fig6'}; run "
+            f"`reslab reproduce fig6 --schedule {schedule}` first"
+        )
+    stem = f"fig6{schedule_tag(schedule)}"
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    data: dict[str, Any] = {"schedule": str(schedule), "runs": {}}
+    colors = dict(zip((20, 32, 44, 56, 110), ("C0", "C1", "C2", "C3", "C4"), strict=True))
+    for model, summary in sorted(runs.items(), key=lambda kv: _depth(kv[0])):
+        curves = _curves(summary["_dir"])
+        data["runs"][model] = {
+            **curves,
+            "final_train_error": summary["train_error"],
+            "final_test_error": summary["test_error"],
+            "dir": str(summary["_dir"].relative_to(results)),
+            "device": summary["device"],
+        }
+        ax = axes[0 if model.startswith("plain") else 1]
+        color = colors.get(_depth(model))
+        if curves["train"]:
+            its, err = zip(*curves["train"], strict=True)
+            ax.plot(its, err, "--", lw=0.8, color=color)
+        if curves["test"]:
+            its, err = zip(*curves["test"], strict=True)
+            label = f"{model.replace('plain', 'plain-').replace('resnet', 'ResNet-')}"
+            ax.plot(its, err, "-", lw=2.2, color=color, label=label)
+    for ax, title in zip(axes, ("plain networks", "residual networks"), strict=True):
+        ax.set_title(f"{title}\n{_schedule_text(schedule)}", fontsize=10)
+        ax.set_xlabel("iterations")
+        ax.set_ylim(0, 20)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    axes[0].set_ylabel("error (%)")
+    fig.suptitle("CIFAR-10 training (dashed) and test (bold) error, as in the paper's Fig. 6")
+    fig.tight_layout()
+    out = results / "fig6"
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / f"{stem}.png", dpi=120)
+    plt.close(fig)
+    (out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(_fig6_report(data, schedule, stem))
+    return out / f"{stem}.png"
+
+
+def _fig6_report(data: dict[str, Any], schedule: Fraction, stem: str) -> str:
+    runs = data["runs"]
+    lines = [
+        f"# Fig. 6: training and test error of plain and residual nets ({_schedule_text(schedule)})",
+        "",
+        f"![ours]({stem}.png)",
+        "",
+        "Final model of each run (not the best point on the test set), CIFAR-10 test set, percent.",
+        "",
+        "| model | ours: train error | ours: test error | paper: test error | device | run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, r in sorted(runs.items(), key=lambda kv: (kv[0][0], _depth(kv[0]))):
+        paper = PAPER_TABLE6.get(model, PAPER_FIG6.get(model, "-"))
+        lines.append(
+            f"| {model} | {r['final_train_error']:.2f} | {r['final_test_error']:.2f} | {paper} | "
+            f"{r['device']} | `{r['dir']}` |"
+        )
+    lines += ["", "## The paper's claims, checked on these runs", ""]
+    checks = []
+
+    def err(model: str, kind: str) -> float | None:
+        return runs[model][f"final_{kind}_error"] if model in runs else None
+
+    pairs = (
+        ("plain56", "plain20", ">", "degradation: the deeper plain net has higher error"),
+        ("resnet56", "plain56", "<", "residual learning removes it: ResNet-56 below plain-56"),
+        (
+            "resnet56",
+            "resnet20",
+            "<",
+            "deeper ResNets are better (the paper's full-schedule claim)",
+        ),
+    )
+    for a, b, op, claim in pairs:
+        for kind in ("train", "test"):
+            x, y = err(a, kind), err(b, kind)
+            if x is None or y is None:
+                continue
+            holds = x > y if op == ">" else x < y
+            checks.append(
+                f"- {claim}, {kind} error: {a} {x:.2f} {op} {b} {y:.2f}: "
+                f"{'holds' if holds else 'does NOT hold'}"
+            )
+    lines += checks or ["- (needs plain20, plain56, resnet20 and resnet56 runs)"]
+    if schedule != 1:
+        lines += [
+            "",
+            f"These runs used reslab's reduced protocol ({schedule} of the paper's 64k iterations, lr "
+            "drops scaled with it); short schedules favour shallow nets, so the last check is "
+            "reported as measured.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def fig7(
+    results: str | Path,
+    schedule: Fraction = Fraction(1),
+    data_dir: str | None = None,
+    limit: int = 0,
+) -> Path:
+    """Layer responses (Fig. 7) of the trained fig6/table6 nets of ``schedule``; returns the PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from reslab.analysis.common import cifar_test_batches, load_model, normalizer_for
+    from reslab.analysis.responses import layer_responses
+
+    results = Path(results)
+    runs = _finished_runs(results, "fig6", schedule)
+    for model, summary in _finished_runs(results, "table6", schedule).items():
+        runs.setdefault(model, summary)  # e.g. ResNet-110 from Table 6
+    if not runs:
+        raise FileNotFoundError(
+            f"no finished fig6/table6 runs of schedule {schedule} under {results}; run "
+            f"`reslab reproduce fig6 --schedule {schedule}` first"
+        )
+    stem = f"fig7{schedule_tag(schedule)}"
+    data: dict[str, Any] = {"schedule": str(schedule), "limit": limit, "runs": {}}
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7))
+    for model, summary in sorted(runs.items(), key=lambda kv: (_depth(kv[0]), kv[0])):
+        weights = summary["_dir"] / "model.safetensors"
+        net = load_model(model, str(weights), 0)
+        batches = cifar_test_batches(data_dir, limit, normalizer_for(str(weights), data_dir))
+        std = layer_responses(net, batches)
+        data["runs"][model] = {
+            "std": std,
+            "mean_std": sum(std) / len(std),
+            "dir": str(summary["_dir"].relative_to(results)),
+        }
+        style = "--" if model.startswith("plain") else "-"
+        label = model.replace("plain", "plain-").replace("resnet", "ResNet-")
+        ax1.plot(range(1, len(std) + 1), std, style, label=label)
+        ax2.plot(range(1, len(std) + 1), sorted(std, reverse=True), style, label=label)
+    ax1.set_xlabel("layer index (original)")
+    ax2.set_xlabel("layer index (sorted by magnitude)")
+    for ax in (ax1, ax2):
+        ax.set_ylabel("std")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(
+        f"Layer responses on the CIFAR-10 test set, as in the paper's Fig. 7\n"
+        f"{_schedule_text(schedule)}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    out = results / "fig7"
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / f"{stem}.png", dpi=120)
+    plt.close(fig)
+    (out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(_fig7_report(data, schedule, stem))
+    return out / f"{stem}.png"
+
+
+def _fig7_report(data: dict[str, Any], schedule: Fraction, stem: str) -> str:
+    runs = data["runs"]
+    images = data["limit"] or 10000
+    lines = [
+        f"# Fig. 7: layer responses ({_schedule_text(schedule)})",
+        "",
+        f"![ours]({stem}.png)",
+        "",
+        "Std of each 3x3 layer's output after BN, before ReLU/addition, over "
+        f"{images} CIFAR-10 test images. The paper: residual responses are generally smaller than "
+        "plain ones, and deeper ResNets have smaller responses.",
+        "",
+        "| model | layers | mean std | max std | run |",
+        "|---|---|---|---|---|",
+    ]
+    for model, r in sorted(runs.items(), key=lambda kv: (_depth(kv[0]), kv[0])):
+        lines.append(
+            f"| {model} | {len(r['std'])} | {r['mean_std']:.3f} | {max(r['std']):.3f} | `{r['dir']}` |"
+        )
+    lines += ["", "## Checks", ""]
+    for depth in sorted({_depth(m) for m in runs}):
+        plain, res = runs.get(f"plain{depth}"), runs.get(f"resnet{depth}")
+        if plain and res:
+            holds = res["mean_std"] < plain["mean_std"]
+            lines.append(
+                f"- depth {depth}: ResNet mean std {res['mean_std']:.3f} vs plain "
+                f"{plain['mean_std']:.3f}: residual responses smaller: "
+                f"{'holds' if holds else 'does NOT hold'}"
+            )
+    resnets = sorted((_depth(m), r["mean_std"]) for m, r in runs.items() if m.startswith("resnet"))
+    for (d1, s1), (d2, s2) in itertools.pairwise(resnets):
+        lines.append(
+            f"- ResNet-{d2} mean std {s2:.3f} vs ResNet-{d1} {s1:.3f}: deeper is smaller: "
+            f"{'holds' if s2 < s1 else 'does NOT hold'}"
+        )
+    return "\n".join(lines) + "\n"

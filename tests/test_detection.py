@@ -1,0 +1,184 @@
+"""Detection transfer on the real coco128 images: data, metrics, backbones, training steps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from reslab.detection import (
+    AnnotationError,
+    CocoDetection,
+    VOCDetection,
+    build_detector,
+    coco_map,
+    collate,
+    freeze_batchnorm,
+    voc07_map,
+)
+from reslab.detection.data import hflip, training_target
+
+
+@pytest.fixture(scope="module")
+def coco128(data_dir):
+    root = data_dir / "coco128"
+    if not root.is_dir():
+        pytest.skip(f"coco128 not found under {data_dir}")
+    return CocoDetection(root / "train2017", root / "annotations" / "instances_train2017.json")
+
+
+def test_coco128_loader_counts_and_box_format(coco128):
+    assert len(coco128) == 128 and len(coco128.classes) == 81  # 80 categories + background
+    assert sum(len(t["boxes"]) for t in coco128.targets) == 939
+    assert sum(int(t["iscrowd"].sum()) for t in coco128.targets) == 10
+    assert sum(len(t["boxes"]) == 0 for t in coco128.targets) == 2  # images without boxes kept
+    image, target = coco128[0]
+    assert (
+        image.dtype == torch.float32
+        and image.shape[0] == 3
+        and 0 <= image.min() <= image.max() <= 1
+    )
+    h, w = image.shape[1:]
+    boxes = target["boxes"]
+    assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    assert (boxes[:, [0, 2]] <= w).all() and (boxes[:, [1, 3]] <= h).all() and (boxes >= 0).all()
+    assert target["labels"].min() >= 1 and target["labels"].max() <= 80
+    crowded = next(t for t in coco128.targets if t["iscrowd"].any())
+    train = training_target(crowded)
+    assert not train["iscrowd"].any()  # crowd regions are not training boxes
+    assert len(train["boxes"]) == int((crowded["iscrowd"] == 0).sum())
+
+
+def test_hflip_mirrors_boxes():
+    image = torch.zeros(3, 10, 20)
+    image[:, 2:4, 1:5] = 1
+    target = {"boxes": torch.tensor([[1.0, 2.0, 5.0, 4.0]])}
+    flipped, t = hflip(image, target)
+    assert t["boxes"].tolist() == [[15.0, 2.0, 19.0, 4.0]]
+    assert flipped[:, 2:4, 15:19].min() == 1 and flipped.sum() == image.sum()
+    back, t2 = hflip(flipped, t)
+    assert torch.equal(back, image) and torch.equal(t2["boxes"], target["boxes"])
+
+
+def test_malformed_annotation_is_reported_by_image_id(data_dir, tmp_path):
+    root = data_dir / "coco128"
+    data = json.loads((root / "annotations" / "instances_train2017.json").read_text())
+    data["annotations"][0]["bbox"] = [10, 10, -5, 20]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    image_id = data["annotations"][0]["image_id"]
+    with pytest.raises(AnnotationError, match=rf"image id {image_id} .*non-positive width"):
+        CocoDetection(root / "train2017", bad)
+    with pytest.raises(FileNotFoundError, match="annotation file"):
+        CocoDetection(root / "train2017", tmp_path / "missing.json")
+
+
+def test_ground_truth_scores_map_one_and_shifted_boxes_score_lower(coco128):
+    gt = {
+        int(t["image_id"]): {
+            "boxes": t["boxes"],
+            "scores": torch.ones(len(t["boxes"])),
+            "labels": t["labels"],
+        }
+        for t in coco128.targets
+    }
+    exact = coco_map(coco128, gt)
+    assert exact["map"] == pytest.approx(1.0) and exact["map50"] == pytest.approx(1.0)
+    assert voc07_map(coco128, gt) == pytest.approx(1.0)
+    shifted = {k: {**v, "boxes": v["boxes"] + 15.0} for k, v in gt.items()}
+    worse = coco_map(coco128, shifted)
+    assert worse["map"] < 0.4 and worse["map50"] < 0.6
+    assert voc07_map(coco128, shifted) < 0.6
+    assert coco_map(coco128, {})["map"] == 0.0
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnet101"])
+def test_c4_and_fpn_feature_shapes(name):
+    x = torch.randn(1, 3, 128, 192)
+    c4 = build_detector(name, 21, "c4").backbone
+    with torch.no_grad():
+        (feat,) = c4(x).values()
+    assert c4.out_channels == 1024 and feat.shape == (1, 1024, 8, 12)  # conv4: stride 16
+    fpn = build_detector(name, 21, "fpn").backbone
+    with torch.no_grad():
+        feats = fpn(x)
+    assert fpn.out_channels == 256
+    assert [tuple(v.shape[-2:]) for v in feats.values()] == [
+        (32, 48),
+        (16, 24),
+        (8, 12),
+        (4, 6),
+        (2, 3),
+    ]
+
+
+def test_frozen_batchnorm_matches_eval_bn_and_freezes_stages():
+    bn = nn.BatchNorm2d(4).eval()
+    bn.running_mean.uniform_()
+    bn.running_var.uniform_(0.5, 2)
+    bn.weight.data.uniform_()
+    x = torch.randn(2, 4, 3, 3)
+    frozen = freeze_batchnorm(nn.Sequential(bn))[0]
+    torch.testing.assert_close(frozen(x), bn(x))
+    model = build_detector("resnet18", 3, "fpn", norm="frozen", frozen_stages=2)
+    body = model.backbone.body
+    assert not any(p.requires_grad for p in body.conv1.parameters())
+    assert not any(p.requires_grad for p in body.layer1.parameters())
+    assert all(p.requires_grad for p in body.layer2.parameters())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in body.modules())
+    with pytest.raises(ValueError, match="design='c5' is invalid"):
+        build_detector("resnet18", 3, "c5")
+    with pytest.raises(ValueError, match="ImageNet-family"):
+        build_detector("resnet20", 3)
+
+
+@pytest.mark.parametrize("design", ["fpn", "c4"])
+def test_training_steps_reduce_the_loss(coco128, design):
+    torch.manual_seed(0)
+    model = build_detector(
+        "resnet18", len(coco128.classes), design, min_size=224, max_size=320,
+        rpn_batch_size_per_image=64, box_batch_size_per_image=32,
+    )  # fmt: skip
+    images, targets = collate([coco128[i] for i in (1, 2)])
+    targets = [training_target(t) for t in targets]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    model.train()
+    losses = []
+    for _ in range(6):
+        loss = sum(model(images, targets).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_voc_xml_is_read_as_coco(tmp_path):
+    from torchvision.io import write_jpeg
+
+    root = tmp_path / "VOC2007"
+    for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / d).mkdir(parents=True)
+    write_jpeg(torch.zeros(3, 40, 60, dtype=torch.uint8), str(root / "JPEGImages" / "000001.jpg"))
+    (root / "ImageSets/Main/trainval.txt").write_text("000001\n")
+    (root / "Annotations/000001.xml").write_text(
+        "<annotation><size><width>60</width><height>40</height><depth>3</depth></size>"
+        "<object><name>dog</name><difficult>0</difficult><bndbox><xmin>11</xmin><ymin>6</ymin>"
+        "<xmax>30</xmax><ymax>25</ymax></bndbox></object>"
+        "<object><name>cat</name><difficult>1</difficult><bndbox><xmin>1</xmin><ymin>1</ymin>"
+        "<xmax>10</xmax><ymax>10</ymax></bndbox></object></annotation>"
+    )
+    ds = VOCDetection(root, "trainval")
+    image, target = ds[0]
+    assert image.shape == (3, 40, 60) and len(ds.classes) == 21
+    assert target["boxes"].tolist() == [[10.0, 5.0, 30.0, 25.0], [0.0, 0.0, 10.0, 10.0]]
+    assert [ds.classes[i] for i in target["labels"]] == ["dog", "cat"]
+    assert target["iscrowd"].tolist() == [0, 1]  # difficult: ignored like a crowd region
+    perfect = {
+        1: {"boxes": target["boxes"][:1], "scores": torch.ones(1), "labels": target["labels"][:1]}
+    }
+    assert voc07_map(ds, perfect) == pytest.approx(1.0)

@@ -449,6 +449,84 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_detect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("detect", help="Faster R-CNN over reslab ResNets: train, evaluate, draw")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    t = verbs.add_parser("train", help="train a detection config (resumable)")
+    t.add_argument("config", help="config name (e.g. detection/coco128_fpn_resnet50) or YAML path")
+    _add_overrides(t, "config override, e.g. train.iterations=20")
+    _add_data_dir(t)
+    t.add_argument("--out", help="run directory (default runs/<config name>)")
+    t.add_argument("--no-progress", action="store_true")
+    e = verbs.add_parser("eval", help="COCO mAP (and VOC07 mAP for VOC data) of trained weights")
+    e.add_argument("weights", help="run directory or model.safetensors of `detect train`")
+    e.add_argument("--data", help="data root holding the run's validation set (default: its own)")
+    e.add_argument("--limit", type=int, default=0, help="first N validation images (0: all)")
+    e.add_argument("--visualize", help="write PNGs of the first --draw images with boxes here")
+    e.add_argument("--draw", type=int, default=8, help="images to draw with --visualize")
+    e.add_argument("--threshold", type=float, default=0.5, help="score threshold for drawing")
+    p.set_defaults(func=cmd_detect)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from reslab.detection import train as det
+
+    if args.verb == "train":
+        overrides = list(args.overrides)
+        if args.data_dir:
+            overrides.append(f"data.data_dir={args.data_dir}")
+        cfg = det.load_det_config(args.config, overrides)
+        out = Path(args.out or Path("runs") / cfg.name)
+        print(f"run directory: {out}")
+        summary = det.fit_detector(cfg, out, progress=not args.no_progress)
+        if summary["status"] != "finished":
+            print(
+                f"interrupted at iteration {summary['iteration']}; run the same command to resume"
+            )
+            return 130
+        print(
+            f"{cfg.name}: {summary['iterations']} iterations, mAP@[.5:.95] {summary['val_map']:.3f}, "
+            f"mAP@.5 {summary['val_map50']:.3f} on {summary['device']}"
+        )
+        return 0
+    model, cfg, classes = det.load_detector(args.weights)
+    if args.data:
+        cfg.data.data_dir = args.data
+    cfg.data.val_limit = args.limit
+    _, val = det.build_datasets(cfg)
+    device = torch_device()
+    model.to(device)
+    preds = det.predict(model, val, device, test_size=cfg.model.test_size, progress=True)
+    result = det.score(val, preds, cfg.data.format)
+    if args.visualize:
+        for i in range(min(args.draw, len(val))):
+            image, target = val[i]
+            image_id = int(target["image_id"])
+            det.visualize(
+                image,
+                preds[image_id],
+                classes,
+                Path(args.visualize) / f"{image_id}.png",
+                args.threshold,
+            )
+        print(f"drew {min(args.draw, len(val))} images into {args.visualize}")
+    print(
+        f"mAP@[.5:.95] {result['map']:.3f}, mAP@.5 {result['map50']:.3f} on {len(val)} images"
+        + (f", VOC07 mAP {result['voc07_map']:.3f}" if "voc07_map" in result else "")
+    )
+    print(json.dumps({**result, "images": len(val), "weights": str(args.weights)}))
+    return 0
+
+
+def torch_device():
+    from reslab.engine.runtime import resolve_device
+
+    return resolve_device("auto")
+
+
 def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "reproduce", help="run one of the paper's CIFAR-10 experiments into the results ledger"
@@ -645,6 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_predict,
         _add_demo,
         _add_reproduce,
+        _add_detect,
         _add_report,
         _add_analyze,
         _add_bench,

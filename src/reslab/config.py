@@ -288,8 +288,11 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw)
 
 
-def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load, compose, override and validate a config."""
+def read_config_data(
+    name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A config file composed through ``base:`` with ``--set`` overrides applied, as a plain dict
+    whose ``name`` defaults to the config's name."""
     path = resolve_config_path(name_or_path)
     data = _read_yaml(path.resolve())
     for item in overrides:
@@ -307,7 +310,17 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
         else path.stem
     )
     data.setdefault("name", default_name)
-    return validate(_build(Config, data))
+    return data
+
+
+def build_dataclass(cls: type, data: dict[str, Any]) -> Any:
+    """``cls`` (a nested dataclass) from ``data``, type-checked; unknown keys are errors."""
+    return _build(cls, data)
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load, compose, override and validate a config."""
+    return validate(_build(Config, read_config_data(name_or_path, overrides)))
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

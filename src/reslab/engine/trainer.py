@@ -304,14 +304,14 @@ def use_cuda_graph(cfg: Config, info: distributed.DistInfo, device: torch.device
     return bool(t.cuda_graph)
 
 
-class _StopRequest:
+class StopRequest:
     """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
 
     def __init__(self) -> None:
         self.requested = False
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> _StopRequest:
+    def __enter__(self) -> StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not the main thread
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -578,7 +578,7 @@ def _fit(
     graphed = None
     if use_cuda_graph(cfg, info, device):
         graphed = GraphedStep(core, optimizer, train_loader, window, t.precision)
-    with _StopRequest() as stop:
+    with StopRequest() as stop:
         while state.iteration < total and not last["stop"]:
             if graphed is not None:
                 core.train()

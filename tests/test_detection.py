@@ -238,3 +238,39 @@ def test_visualize_draws_the_boxes(tmp_path):
     assert png.shape == (3, 40, 60)
     assert png[:, 5, 5:30].sum() > 0  # the confident box's edge is drawn
     assert png[:, 2, 2].sum() == 0  # the low-scoring one is not
+
+
+def test_interrupted_detection_run_resumes_to_the_same_weights(data_dir, tmp_path, monkeypatch):
+    """SIGINT during step 3 saves a checkpoint; the same command finishes with the weights of an
+    uninterrupted run (data order, flips and the samplers' random state are restored)."""
+    import signal
+
+    from reslab.detection import train as det
+    from reslab.engine.checkpoint import load_checkpoint
+
+    cfg = det.load_det_config(
+        "detection/coco128_fpn_resnet50",
+        [f"data.data_dir={data_dir}", "model.backbone=resnet18", "model.min_size=[192]",
+         "model.test_size=192", "model.max_size=256", "train.iterations=4", "train.batch_size=2",
+         "train.checkpoint_every=2", "data.val_limit=2", "optim.warmup_iterations=0"],
+    )  # fmt: skip
+    straight = det.fit_detector(cfg, tmp_path / "straight", progress=False)
+    assert straight["status"] == "finished"
+
+    real, calls = det.collate, {"n": 0}
+
+    def collate_then_interrupt(batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            signal.raise_signal(signal.SIGINT)
+        return real(batch)
+
+    monkeypatch.setattr(det, "collate", collate_then_interrupt)
+    first = det.fit_detector(cfg, tmp_path / "resumed", progress=False)
+    assert first == {"status": "interrupted", "iteration": 3}
+    monkeypatch.undo()
+    assert det.fit_detector(cfg, tmp_path / "resumed", progress=False)["status"] == "finished"
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "final.pt")["model"]
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "final.pt")["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

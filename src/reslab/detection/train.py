@@ -32,6 +32,8 @@ from reslab.engine.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
+    rng_state,
+    set_rng_state,
 )
 from reslab.engine.logging import JsonlLogger, read_jsonl
 from reslab.engine.runtime import code_version, describe_device, resolve_device
@@ -198,13 +200,15 @@ def fit_detector(cfg: DetConfig, run_dir: str | Path, *, progress: bool = True) 
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         it, epoch, position = (ckpt["state"][k] for k in ("iteration", "epoch", "position"))
+        set_rng_state(ckpt["rng"])  # the RPN/RoI samplers draw from the global generator
     logger = JsonlLogger(run_dir / "metrics.jsonl")
     logger.truncate_after(it if ckpts else -1)
 
     def save(name: str) -> None:
         payload = {"model": model.state_dict(), "optimizer": opt.state_dict(),
                    "state": {"iteration": it, "epoch": epoch, "position": position},
-                   "config": cfg.to_dict(), "code_version": code_version()}  # fmt: skip
+                   "rng": rng_state(), "config": cfg.to_dict(),
+                   "code_version": code_version()}  # fmt: skip
         atomic_save(payload, run_dir / "checkpoints" / name)
         prune_checkpoints(run_dir / "checkpoints", t.keep_checkpoints)
 

@@ -274,3 +274,24 @@ def test_interrupted_detection_run_resumes_to_the_same_weights(data_dir, tmp_pat
     b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "final.pt")["model"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_backbone_initialised_from_imagenet_weights(tmp_path):
+    """A torchvision-layout state dict initialises the backbone; with weights the BN is frozen."""
+    from reslab.models import create_model
+
+    torch.manual_seed(1)
+    source = create_model("resnet18")
+    with torch.no_grad():
+        source.bn1.running_mean.uniform_()
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    model = build_detector("resnet18", 3, "c4", weights=str(path))
+    trunk = model.backbone
+    assert torch.equal(trunk.conv1.weight, source.conv1.weight)
+    assert torch.equal(trunk.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
+    assert torch.equal(
+        model.roi_heads.box_head.layer4[1].conv2.weight, source.layer4[1].conv2.weight
+    )
+    assert torch.equal(trunk.bn1.running_mean, source.bn1.running_mean)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # norm=auto: frozen

@@ -75,6 +75,7 @@ class DetOptimConfig:
     milestones: list[int] = field(default_factory=lambda: [60000, 80000])
     gamma: float = 0.1
     warmup_iterations: int = 500  # linear warm-up from lr/1000
+    clip_grad_norm: float = 0.0  # clip the gradient's global norm to this (0: off)
 
 
 @dataclass
@@ -250,6 +251,8 @@ def fit_detector(cfg: DetConfig, run_dir: str | Path, *, progress: bool = True) 
                     )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if cfg.optim.clip_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad_norm)
                 opt.step()
                 it, position = it + 1, position + 1
                 bar.update(1)

@@ -40,6 +40,8 @@ class GraphedStep:
         precision: "bf16" (autocast) or "fp32".
         capture: record a CUDA graph (default: when the data is on a CUDA device).
         warmup: eager steps before the capture.
+        compile_mode: ``torch.compile`` the model with this mode ("default", "max-autotune") so
+            that the graph replays Inductor's fused kernels; None keeps the eager kernels.
     """
 
     def __init__(
@@ -52,12 +54,20 @@ class GraphedStep:
         *,
         capture: bool | None = None,
         warmup: int = 3,
+        compile_mode: str | None = None,
     ) -> None:
         if len(optimizer.param_groups) != 1:
             raise ValueError("GraphedStep needs an optimizer with a single parameter group")
         if loader.shard != (0, 1):
             raise ValueError("GraphedStep runs in one process; use the eager step under torchrun")
+        if compile_mode == "reduce-overhead":
+            raise ValueError("compile_mode='reduce-overhead' would nest CUDA graphs; use 'default'")
         self.model, self.optimizer, self.loader, self.window = model, optimizer, loader, window
+        self.forward = (
+            model
+            if compile_mode is None
+            else torch.compile(model, mode=compile_mode, dynamic=False)
+        )
         self.precision = precision
         device = loader.device
         self.capture = device.type == "cuda" if capture is None else capture
@@ -92,7 +102,7 @@ class GraphedStep:
         with torch.autocast(
             images.device.type, dtype=torch.bfloat16, enabled=enabled, cache_enabled=False
         ):
-            logits = self.model(images)
+            logits = self.forward(images)
             loss = F.cross_entropy(logits.float(), labels)
         errors = (logits.detach().argmax(1) != labels).sum()
         loss.backward()

@@ -299,9 +299,21 @@ def use_cuda_graph(cfg: Config, info: distributed.DistInfo, device: torch.device
             "train.cuda_graph=true needs one process and CIFAR data "
             f"({info.world_size} processes, dataset {cfg.data.dataset}); set train.cuda_graph=auto"
         )
-    if t.cuda_graph and t.compile is True:
-        raise ValueError("train.cuda_graph=true and train.compile=true exclude each other")
+    if t.cuda_graph and t.compile is True and t.compile_mode == "reduce-overhead":
+        raise ValueError(
+            "train.cuda_graph=true captures the whole step already; compile inside it with "
+            "train.compile_mode=default or max-autotune, not reduce-overhead"
+        )
     return bool(t.cuda_graph)
+
+
+def graph_compile_mode(cfg: Config, device: torch.device) -> str | None:
+    """The ``torch.compile`` mode of the model inside a whole-step graph: only when
+    ``train.compile=true`` ("auto" there means "default": fused kernels, no CUDA graphs of its own)."""
+    if cfg.train.compile is not True:
+        return None
+    mode = _compile_mode(cfg, device)
+    return "default" if mode == "reduce-overhead" else mode
 
 
 class StopRequest:
@@ -343,7 +355,9 @@ def _steady(clock: dict[str, float], world_size: int) -> dict[str, float]:
     }
 
 
-def save_safetensors(model: nn.Module, path: Path, cfg: Config, data: DataBundle) -> None:
+def save_safetensors(
+    model: nn.Module, path: Path, cfg: Config, data: DataBundle, version: str | None = None
+) -> None:
     """Final weights as a plain state dict; the metadata says how to rebuild and feed the model
     (model name and options, input normalisation statistics, class names)."""
     from safetensors.torch import save_file
@@ -363,7 +377,7 @@ def save_safetensors(model: nn.Module, path: Path, cfg: Config, data: DataBundle
         "normalize_std": json.dumps(data.normalize.std.cpu().flatten().tolist()),
         "normalize_shape": json.dumps(list(data.normalize.mean.shape)),
         "classes": json.dumps(data.classes),
-        "code_version": code_version(),
+        "code_version": version or code_version(),
     }
     tmp = path.with_suffix(".tmp")
     save_file(state, str(tmp), metadata=meta)
@@ -422,6 +436,7 @@ def _fit(
     progress: bool,
 ) -> dict[str, Any]:
     ckpt_dir, t, o = run_dir / "checkpoints", cfg.train, cfg.optim
+    version = code_version()  # the code this session runs (the checkout may change meanwhile)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -458,7 +473,7 @@ def _fit(
     logger = JsonlLogger(run_dir / "metrics.jsonl", enabled=info.is_main, tensorboard_dir=tb_dir)
     logger.truncate_after(state.iteration if checkpoints else -1)
     if checkpoints:
-        logger.log(event="resume", iteration=state.iteration, code_version=code_version())
+        logger.log(event="resume", iteration=state.iteration, code_version=version)
 
     total = t.iterations
     session_start, wall_base = time.perf_counter(), state.wall_time_s
@@ -489,7 +504,7 @@ def _fit(
             "window": window.cpu(),
             "rng": rng_state(),
             "config": cfg.to_dict(),
-            "code_version": code_version(),
+            "code_version": version,
             "world_size": info.world_size,
         }
         path = atomic_save(payload, ckpt_dir / name)
@@ -577,7 +592,14 @@ def _fit(
 
     graphed = None
     if use_cuda_graph(cfg, info, device):
-        graphed = GraphedStep(core, optimizer, train_loader, window, t.precision)
+        graphed = GraphedStep(
+            core,
+            optimizer,
+            train_loader,
+            window,
+            t.precision,
+            compile_mode=graph_compile_mode(cfg, device),
+        )
     with StopRequest() as stop:
         while state.iteration < total and not last["stop"]:
             if graphed is not None:
@@ -607,7 +629,7 @@ def _fit(
     save("final.pt")  # also brings state.wall_time_s up to date
     if not info.is_main:
         return {"status": "finished", "rank": info.rank}
-    save_safetensors(core, run_dir / "model.safetensors", cfg, data)
+    save_safetensors(core, run_dir / "model.safetensors", cfg, data, version)
     processes = f" x {info.world_size} processes" if info.enabled else ""
     summary = {
         "status": "finished",
@@ -635,11 +657,14 @@ def _fit(
         **_steady(clock, info.world_size),
         "device": describe_device(device) + processes,
         "precision": t.precision,
-        "compile": "off" if graphed is not None else _compile_mode(cfg, device) or "off",
+        "compile": (
+            graph_compile_mode(cfg, device) if graphed is not None else _compile_mode(cfg, device)
+        )
+        or "off",
         "cuda_graph": "off" if graphed is None else "whole step" if graphed.capture else "eager",
         "channels_last": t.channels_last,
         "seed": t.seed,
-        "code_version": code_version(),
+        "code_version": version,
         "torch_version": torch.__version__,
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }

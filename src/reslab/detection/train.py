@@ -38,6 +38,7 @@ from reslab.engine.checkpoint import (
 from reslab.engine.logging import JsonlLogger, read_jsonl
 from reslab.engine.runtime import code_version, describe_device, resolve_device
 from reslab.engine.trainer import StopRequest
+from reslab.engine.weights import find_weights
 
 
 @dataclass
@@ -310,13 +311,7 @@ def load_detector(weights: str | Path) -> tuple[torch.nn.Module, DetConfig, list
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    path = Path(weights)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no detector weights at {path} (a run directory or model.safetensors)"
-        )
+    path = find_weights(weights)
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
     if "config" not in meta:

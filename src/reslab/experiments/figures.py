@@ -64,6 +64,18 @@ def _depth(model: str) -> int:
     return int("".join(c for c in model if c.isdigit()))
 
 
+def _write(fig: Any, out: Path, stem: str, data: dict[str, Any], report: str) -> Path:
+    """``stem``.png (the figure), .json (its numbers) and .md (the report) in ``out``."""
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / f"{stem}.png", dpi=120)
+    plt.close(fig)
+    (out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(report)
+    return out / f"{stem}.png"
+
+
 def fig6(results: str | Path, schedule: Fraction = Fraction(1)) -> Path:
     """Plot and report Fig. 6 from ``results/fig6``; returns the PNG's path."""
     import matplotlib
@@ -110,13 +122,7 @@ def fig6(results: str | Path, schedule: Fraction = Fraction(1)) -> Path:
     axes[0].set_ylabel("error (%)")
     fig.suptitle("CIFAR-10 training (dashed) and test (bold) error, as in the paper's Fig. 6")
     fig.tight_layout()
-    out = results / "fig6"
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / f"{stem}.png", dpi=120)
-    plt.close(fig)
-    (out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
-    (out / f"{stem}.md").write_text(_fig6_report(data, schedule, stem))
-    return out / f"{stem}.png"
+    return _write(fig, results / "fig6", stem, data, _fig6_report(data, schedule, stem))
 
 
 def _fig6_report(data: dict[str, Any], schedule: Fraction, stem: str) -> str:
@@ -227,13 +233,7 @@ def fig7(
         fontsize=10,
     )
     fig.tight_layout()
-    out = results / "fig7"
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / f"{stem}.png", dpi=120)
-    plt.close(fig)
-    (out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
-    (out / f"{stem}.md").write_text(_fig7_report(data, schedule, stem))
-    return out / f"{stem}.png"
+    return _write(fig, results / "fig7", stem, data, _fig7_report(data, schedule, stem))
 
 
 def _fig7_report(data: dict[str, Any], schedule: Fraction, stem: str) -> str:

@@ -25,6 +25,31 @@ def data_dir() -> Path:
     return root
 
 
+@pytest.fixture
+def tiny_config(data_dir):
+    """A 9-iteration ResNet-8 run on the real CIFAR-10 (batch 32, lr drops at 5 and 7, an
+    evaluation on val5k every 4 and a checkpoint every 3 iterations); keyword arguments add
+    ``key=value`` overrides, e.g. ``tiny_config(**{"train.compile": "true"})``."""
+    from reslab.config import load_config
+
+    def make(**extra):
+        overrides = [
+            "train.iterations=9",
+            "train.batch_size=32",
+            "optim.milestones=[5, 7]",
+            "train.log_every=2",
+            "train.eval_every=4",
+            "train.checkpoint_every=3",
+            "train.eval_batch_size=1000",
+            "data.eval_split=val5k",
+            f"data.data_dir={data_dir}",
+            "model.name=resnet8",
+        ]
+        return load_config("cifar10/resnet20", overrides + [f"{k}={v}" for k, v in extra.items()])
+
+    return make
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -138,24 +138,8 @@ def test_atomic_save_leaves_no_temporary(tmp_path):
     assert torch.equal(load_checkpoint(tmp_path / "a" / "ckpt_0000002.pt")["x"], torch.ones(3))
 
 
-def _tiny_config(data_dir, **extra):
-    overrides = [
-        "train.iterations=9",
-        "train.batch_size=32",
-        "optim.milestones=[5, 7]",
-        "train.log_every=2",
-        "train.eval_every=4",
-        "train.checkpoint_every=3",
-        "train.eval_batch_size=1000",
-        "data.eval_split=val5k",
-        f"data.data_dir={data_dir}",
-        "model.name=resnet8",
-    ]
-    return load_config("cifar10/resnet20", overrides + [f"{k}={v}" for k, v in extra.items()])
-
-
-def test_interrupted_and_resumed_run_is_bit_identical(data_dir, tmp_path, monkeypatch):
-    cfg = _tiny_config(data_dir)
+def test_interrupted_and_resumed_run_is_bit_identical(tiny_config, tmp_path, monkeypatch):
+    cfg = tiny_config()
     straight = fit(cfg, tmp_path / "straight", progress=False)
     assert straight["status"] == "finished" and straight["iterations"] == 9
 
@@ -192,8 +176,8 @@ def test_interrupted_and_resumed_run_is_bit_identical(data_dir, tmp_path, monkey
     ]
 
 
-def test_run_directory_contents(data_dir, tmp_path):
-    cfg = _tiny_config(data_dir)
+def test_run_directory_contents(tiny_config, tmp_path):
+    cfg = tiny_config()
     summary = fit(cfg, tmp_path / "run", progress=False)
     run = tmp_path / "run"
     for name in (
@@ -257,7 +241,7 @@ def test_plateau_needs_evaluations():
 
 
 @pytest.mark.slow
-def test_compiled_training_matches_eager(data_dir, tmp_path):
+def test_compiled_training_matches_eager(tiny_config, tmp_path):
     """train.compile=true (torch.compile) trains like eager: after 2 steps the weights agree up to
     float error (longer runs drift apart, as any change of summation order makes them)."""
     kw = {
@@ -266,9 +250,9 @@ def test_compiled_training_matches_eager(data_dir, tmp_path):
         "optim.milestones": "[5]",
         "train.eval_every": 0,
     }
-    eager = fit(_tiny_config(data_dir, **kw), tmp_path / "eager", progress=False)
+    eager = fit(tiny_config(**kw), tmp_path / "eager", progress=False)
     compiled = fit(
-        _tiny_config(data_dir, **kw, **{"train.compile": "true"}),
+        tiny_config(**kw, **{"train.compile": "true"}),
         tmp_path / "compiled",
         progress=False,
     )

@@ -110,29 +110,15 @@ def test_captured_step_matches_eager_step_on_gpu():
 
 
 def test_fit_through_the_graphed_step_resumes_and_matches_the_eager_engine(
-    data_dir, tmp_path, monkeypatch
+    tiny_config, tmp_path, monkeypatch
 ):
     """``train.cuda_graph=true`` (run eagerly on CPU): an interrupted and resumed run ends with the
     same weights as a straight one, and both agree with the engine's eager step."""
-    from reslab.config import load_config
     from reslab.engine import fit
     from reslab.engine.checkpoint import load_checkpoint
 
     def cfg(**extra):
-        overrides = [
-            "train.iterations=9",
-            "train.batch_size=32",
-            "optim.milestones=[5, 7]",
-            "train.log_every=2",
-            "train.eval_every=4",
-            "train.checkpoint_every=3",
-            "data.eval_split=val5k",
-            f"data.data_dir={data_dir}",
-            "model.name=resnet8",
-            "train.precision=fp32",
-            "train.tensorboard=false",
-        ]
-        return load_config("cifar10/resnet20", overrides + [f"{k}={v}" for k, v in extra.items()])
+        return tiny_config(**{"train.precision": "fp32", "train.tensorboard": "false", **extra})
 
     graphed = fit(cfg(**{"train.cuda_graph": "true"}), tmp_path / "graphed", progress=False)
     eager = fit(cfg(), tmp_path / "eager", progress=False)

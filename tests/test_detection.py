@@ -295,3 +295,22 @@ def test_backbone_initialised_from_imagenet_weights(tmp_path):
     )
     assert torch.equal(trunk.bn1.running_mean, source.bn1.running_mean)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # norm=auto: frozen
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("model.design=dc5", r"model\.design: 'dc5' is invalid; valid choices: c4, fpn"),
+        ("model.norm=group", r"model\.norm: 'group' is invalid; valid choices: auto, frozen"),
+        ("data.format=yolo", r"data\.format: 'yolo' is invalid"),
+        ("train.batch_size=0", r"train\.batch_size: 0 must be > 0"),
+        ("model.min_size=[]", r"model\.min_size: give at least one"),
+        ("train.itrations=5", r"itrations"),
+    ],
+)
+def test_detection_config_errors_name_the_key(override, match):
+    from reslab.config import ConfigError
+    from reslab.detection.train import load_det_config
+
+    with pytest.raises(ConfigError, match=match):
+        load_det_config("detection/coco128_fpn_resnet50", [override])

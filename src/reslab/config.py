@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,33 +182,52 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def validate(cfg: Config) -> Config:
-    """Check choices and ranges; raise :class:`ConfigError` naming the key."""
-    flat = {
-        f"{s}.{k}": v
-        for s in ("model", "data", "optim", "train")
-        for k, v in dataclasses.asdict(getattr(cfg, s)).items()
+def flatten_sections(cfg: Any) -> dict[str, Any]:
+    """``{"section.key": value}`` over the dataclass sections of a config."""
+    return {
+        f"{f.name}.{k}": v
+        for f in dataclasses.fields(cfg)
+        if dataclasses.is_dataclass(getattr(cfg, f.name))
+        for k, v in dataclasses.asdict(getattr(cfg, f.name)).items()
     }
-    for key, choices in CHOICES.items():
-        if flat[key] not in choices:
+
+
+def check_fields(
+    flat: dict[str, Any],
+    choices: dict[str, tuple[Any, ...]],
+    positive: Iterable[str] = (),
+    nonnegative: Iterable[str] = (),
+) -> None:
+    """Raise :class:`ConfigError` naming the first key whose value is not among its choices, not
+    > 0 (``positive``) or not >= 0 (``nonnegative``)."""
+    for key, valid in choices.items():
+        if flat[key] not in valid:
             raise ConfigError(
-                f"{key}: {flat[key]!r} is invalid; valid choices: {', '.join(map(str, choices))}"
+                f"{key}: {flat[key]!r} is invalid; valid choices: {', '.join(map(str, valid))}"
             )
-    for key in POSITIVE:
+    for key in positive:
         if flat[key] <= 0:
             raise ConfigError(f"{key}: {flat[key]!r} must be > 0")
-    for key in (
-        "optim.momentum",
-        "optim.weight_decay",
-        "train.eval_every",
-        "data.pad",
-        "data.lighting",
-        "data.eval_limit",
-        "data.workers",
-        "optim.plateau_patience",
-    ):
+    for key in nonnegative:
         if flat[key] < 0:
             raise ConfigError(f"{key}: {flat[key]!r} must be >= 0")
+
+
+NONNEGATIVE = (
+    "optim.momentum",
+    "optim.weight_decay",
+    "train.eval_every",
+    "data.pad",
+    "data.lighting",
+    "data.eval_limit",
+    "data.workers",
+    "optim.plateau_patience",
+)
+
+
+def validate(cfg: Config) -> Config:
+    """Check choices and ranges; raise :class:`ConfigError` naming the key."""
+    check_fields(flatten_sections(cfg), CHOICES, POSITIVE, NONNEGATIVE)
     for key in ("compile", "cuda_graph"):
         value = getattr(cfg.train, key)
         if isinstance(value, str) and value != "auto":

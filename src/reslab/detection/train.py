@@ -22,7 +22,13 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from reslab.config import ConfigError, build_dataclass, read_config_data
+from reslab.config import (
+    ConfigError,
+    build_dataclass,
+    check_fields,
+    flatten_sections,
+    read_config_data,
+)
 from reslab.data.paths import data_root
 from reslab.detection.backbones import DESIGNS, build_detector
 from reslab.detection.data import CocoDetection, VOCDetection, collate, training_target
@@ -107,18 +113,21 @@ def load_det_config(
     name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()
 ) -> DetConfig:
     cfg = build_dataclass(DetConfig, read_config_data(name_or_path, overrides))
-    checks = (
-        ("model.design", cfg.model.design, DESIGNS),
-        ("model.norm", cfg.model.norm, ("auto", "frozen", "batch")),
-        ("data.format", cfg.data.format, ("coco", "voc")),
-        ("train.device", cfg.train.device, ("auto", "cpu", "cuda")),
+    check_fields(
+        flatten_sections(cfg),
+        {
+            "model.design": DESIGNS,
+            "model.norm": ("auto", "frozen", "batch"),
+            "data.format": ("coco", "voc"),
+            "train.device": ("auto", "cpu", "cuda"),
+        },
+        positive=(
+            "train.iterations",
+            "train.batch_size",
+            "train.log_every",
+            "train.checkpoint_every",
+        ),
     )
-    for key, value, choices in checks:
-        if value not in choices:
-            raise ConfigError(f"{key}: {value!r} is invalid; valid choices: {', '.join(choices)}")
-    for key in ("iterations", "batch_size", "log_every", "checkpoint_every"):
-        if getattr(cfg.train, key) <= 0:
-            raise ConfigError(f"train.{key}: {getattr(cfg.train, key)} must be > 0")
     if not cfg.model.min_size:
         raise ConfigError("model.min_size: give at least one shorter-side size")
     return cfg

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from reslab.config import ConfigError, load_config
-from reslab.engine import PaperSGD, StepSchedule, fit
+from reslab.engine import PaperSGD, StepSchedule, fit, runtime
 from reslab.engine import trainer as trainer_module
 from reslab.engine.checkpoint import CheckpointError, atomic_save, list_checkpoints, load_checkpoint
 from reslab.engine.logging import read_jsonl
@@ -261,3 +261,13 @@ def test_compiled_training_matches_eager(tiny_config, tmp_path):
     b = load_checkpoint(tmp_path / "compiled" / "checkpoints" / "final.pt")["model"]
     for key in a:
         torch.testing.assert_close(a[key].float(), b[key].float(), rtol=1e-2, atol=5e-4, msg=key)
+
+
+def test_code_version_is_read_once_per_process(monkeypatch):
+    """A long ``reslab reproduce`` process records the code it loaded, not the checkout's later
+    commits: the version is read at the first call and kept."""
+    import subprocess
+
+    first = runtime.code_version()
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("git was asked again"))
+    assert runtime.code_version() == first and first

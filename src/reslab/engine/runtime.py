@@ -6,6 +6,7 @@ uv run python -c "from reslab.engine.runtime import describe_device; print(descr
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
 import subprocess
 from pathlib import Path
@@ -40,8 +41,12 @@ def describe_device(device: torch.device | str) -> str:
     return f"CPU {cpu} ({torch.get_num_threads()} threads)"
 
 
+@functools.cache
 def code_version() -> str:
-    """``git describe`` of the checkout reslab runs from (``-dirty`` when modified), else the version."""
+    """``git describe`` of the checkout reslab runs from (``-dirty`` when modified), else the version.
+
+    Read once per process, at the first call: a long process (``reslab reproduce`` training several
+    nets one after the other) keeps running the code it loaded while the checkout moves on."""
     root = Path(reslab.__file__).resolve().parents[2]
     try:
         out = subprocess.run(

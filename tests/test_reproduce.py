@@ -109,3 +109,22 @@ def test_gpu_runs_get_their_own_ledger_entry(tmp_path):
     assert names == ["resnet20-seed0", "resnet20-seed0-gpu"]
     gpu = json.loads((tmp_path / "results/table6/resnet20-seed0-gpu/summary.json").read_text())
     assert gpu["note"] == "n" and gpu["schedule"] == "paper" and gpu["protocol"] == "paper"
+
+
+def test_fig7_report_checks_the_papers_claims():
+    """Residual below plain (mean and layer by layer), deeper ResNets smaller; a failed check is
+    reported as such, not hidden."""
+    from fractions import Fraction
+
+    from reslab.experiments.figures import _fig7_report
+
+    runs = {
+        "plain20": {"std": [2.0, 1.0, 3.0], "mean_std": 2.0, "dir": "fig6/plain20"},
+        "resnet20": {"std": [1.0, 1.5, 0.5], "mean_std": 1.0, "dir": "fig6/resnet20"},
+        "resnet56": {"std": [1.2, 1.2, 1.2], "mean_std": 1.2, "dir": "fig6/resnet56"},
+    }
+    md = _fig7_report({"runs": runs, "limit": 0}, Fraction(1, 8), "fig7-sched1of8")
+    assert "ResNet mean std 1.000 vs plain 2.000: residual responses smaller: holds" in md
+    assert "(smaller in 2 of 3 layers, layer by layer)" in md
+    assert "ResNet-56 mean std 1.200 vs ResNet-20 1.000: deeper is smaller: does NOT hold" in md
+    assert "10000 CIFAR-10 test images" in md and "| resnet56 | 3 | 1.200 | 1.200 |" in md

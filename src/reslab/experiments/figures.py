@@ -260,10 +260,12 @@ def _fig7_report(data: dict[str, Any], schedule: Fraction, stem: str) -> str:
         plain, res = runs.get(f"plain{depth}"), runs.get(f"resnet{depth}")
         if plain and res:
             holds = res["mean_std"] < plain["mean_std"]
+            below = sum(r < q for r, q in zip(res["std"], plain["std"], strict=True))
             lines.append(
                 f"- depth {depth}: ResNet mean std {res['mean_std']:.3f} vs plain "
                 f"{plain['mean_std']:.3f}: residual responses smaller: "
-                f"{'holds' if holds else 'does NOT hold'}"
+                f"{'holds' if holds else 'does NOT hold'} (smaller in {below} of "
+                f"{len(res['std'])} layers, layer by layer)"
             )
     resnets = sorted((_depth(m), r["mean_std"]) for m, r in runs.items() if m.startswith("resnet"))
     for (d1, s1), (d2, s2) in itertools.pairwise(resnets):

@@ -128,3 +128,30 @@ def test_fig7_report_checks_the_papers_claims():
     assert "(smaller in 2 of 3 layers, layer by layer)" in md
     assert "ResNet-56 mean std 1.200 vs ResNet-20 1.000: deeper is smaller: does NOT hold" in md
     assert "10000 CIFAR-10 test images" in md and "| resnet56 | 3 | 1.200 | 1.200 |" in md
+
+
+def test_options_experiment_trains_each_shortcut_and_charts_them(data_dir, tmp_path, capsys):
+    """``reproduce options``: each variant is ResNet-32 with its shortcut option in the recorded
+    config (so ``reslab eval`` rebuilds the same net), named by the variant in the ledger."""
+    results = tmp_path / "results"
+    common = ["--results", str(results), "--runs-dir", str(tmp_path / "runs")]
+    args = ["reproduce", "options", "--schedule", "1/6400", "--only", "resnet32-A", "resnet32-B"]
+    sets = ["train.eval_every=0", "data.eval_split=val5k"]
+    sets += ["train.batch_size=32", "train.checkpoint_every=5"]
+    args += [*common, "--data-dir", str(data_dir), "--no-progress"]
+    assert main(args + [a for s in sets for a in ("--set", s)]) == 0
+    run = results / "options" / "resnet32-B-seed0-sched1of6400"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["model"] == "resnet32-B" and summary["experiment"] == "options"
+    config = (run / "config.yaml").read_text()
+    assert "shortcut: B" in config and "batch_size: 32" in config  # --set reaches every run
+    record = json.loads((results / "options" / "options-sched1of6400.json").read_text())["runs"]
+    assert record["resnet32-B"]["params"] > record["resnet32-A"]["params"]  # B adds projections
+    md = (results / "options" / "options-sched1of6400.md").read_text()
+    assert "| resnet32 | A |" in md and "| resnet32 | B |" in md and "ResNet-32: test error" in md
+    capsys.readouterr()
+    evaluate = ["eval", str(run), "--device", "cpu", "--data-dir", str(data_dir)]
+    assert main([*evaluate, "--split", "val5k"]) == 0
+    again = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert again["images"] == 5000  # B's projections loaded: the same net as trained
+    assert again["test_error"] == pytest.approx(summary["test_error"], abs=0.1)

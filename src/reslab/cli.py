@@ -533,9 +533,10 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "experiment",
-        choices=["table6", "fig6", "fig7", "resnet1202", "preact"],
+        choices=["table6", "fig6", "fig7", "options", "resnet1202", "preact"],
         help="fig6 also draws the figure and its report; fig7 trains (or reuses) the fig6 nets "
-        "of the schedule and measures their layer responses",
+        "of the schedule and measures their layer responses; options trains ResNet-32/56 with "
+        "shortcut options A/B/C and charts them",
     )
     p.add_argument(
         "--schedule", default="1", help="fraction of the paper's iterations, e.g. 1/8 (default 1)"
@@ -569,6 +570,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         results_dir=args.results,
         argv=args.argv,
         progress=not args.no_progress,
+        overrides=args.overrides,
     )
     for summary in summaries:
         _print_summary(summary)
@@ -577,6 +579,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         print(f"wrote {figures.fig6(args.results, schedule)}")
     if args.experiment == "fig7" and finished:
         print(f"wrote {figures.fig7(args.results, schedule, args.data_dir)}")
+    if experiment == "options" and any(s["status"] == "finished" for s in summaries):
+        print(f"wrote {figures.options(args.results, schedule)}")
     build(args.results)
     return 0 if finished else 130
 

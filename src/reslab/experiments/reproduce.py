@@ -45,6 +45,14 @@ EXPERIMENTS: dict[str, tuple[str, ...]] = {
     "resnet1202": ("resnet1202",),
     "preact": ("preact_resnet110", "preact_resnet164"),
 }
+# Models of an experiment that are a config plus overrides: the shortcut options A/B/C (Sec. 3.3;
+# the paper compares them on ImageNet, Table 3, and uses A on CIFAR) on ResNet-32 and -56.
+VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    f"resnet{depth}-{option}": (f"resnet{depth}", (f"model.options.shortcut={option}",))
+    for depth in (32, 56)
+    for option in "ABC"
+}
+EXPERIMENTS["options"] = tuple(VARIANTS)
 LEDGER_FILES = ("summary.json", "config.yaml", "metrics.jsonl", "model.safetensors")
 
 
@@ -75,7 +83,8 @@ class Run:
         return f"{self.model}-seed{self.seed}{schedule_tag(self.schedule)}"
 
     def config(self, data_dir: str | None, device: str | None, extra: list[str] = ()) -> Config:
-        base = load_config(f"cifar10/{self.model}")
+        name, variant = VARIANTS.get(self.model, (self.model, ()))
+        base = load_config(f"cifar10/{name}", variant)
         its = max(1, round(base.train.iterations * self.schedule))
         milestones = [max(1, round(m * self.schedule)) for m in base.optim.milestones]
         overrides = [
@@ -91,7 +100,7 @@ class Run:
             overrides.append(f"data.data_dir={data_dir}")
         if device:
             overrides.append(f"train.device={device}")
-        return load_config(f"cifar10/{self.model}", [*overrides, *extra])
+        return load_config(f"cifar10/{name}", [*variant, *overrides, *extra])
 
 
 def plan(experiment: str, schedule: Fraction, seeds: int, only: list[str] | None) -> list[Run]:
@@ -116,6 +125,7 @@ def record(run: Run, run_dir: Path, results: Path, command: str, **extra: Any) -
     summary = json.loads((run_dir / "summary.json").read_text())
     summary.update(
         **extra,
+        model=run.model,  # a variant's name (resnet32-B), the config's model otherwise
         experiment=run.experiment,
         seed=run.seed,
         command=command,

@@ -149,6 +149,9 @@ def test_options_experiment_trains_each_shortcut_and_charts_them(data_dir, tmp_p
     assert record["resnet32-B"]["params"] > record["resnet32-A"]["params"]  # B adds projections
     md = (results / "options" / "options-sched1of6400.md").read_text()
     assert "| resnet32 | A |" in md and "| resnet32 | B |" in md and "ResNet-32: test error" in md
+    ledger = (results / "README.md").read_text()
+    assert "| options | resnet32-A | 1/6400 | 7.51 |" in ledger  # Table 6's net is option A
+    assert "| options | resnet32-B | 1/6400 | - |" in ledger
     capsys.readouterr()
     evaluate = ["eval", str(run), "--device", "cpu", "--data-dir", str(data_dir)]
     assert main([*evaluate, "--split", "val5k"]) == 0

@@ -158,3 +158,21 @@ def test_options_experiment_trains_each_shortcut_and_charts_them(data_dir, tmp_p
     again = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert again["images"] == 5000  # B's projections loaded: the same net as trained
     assert again["test_error"] == pytest.approx(summary["test_error"], abs=0.1)
+
+
+def test_a_recorded_run_keeps_the_command_that_trained_it(tmp_path):
+    """Reusing a finished run (fig7 over the fig6 nets) leaves its ledger entry alone; a new
+    finish of the same run (another date) replaces it."""
+    from fractions import Fraction
+
+    from reslab.experiments.reproduce import Run, record
+
+    run, src = Run("fig6", "resnet20", 0, Fraction(1, 8)), tmp_path / "run"
+    src.mkdir()
+    (src / "summary.json").write_text(json.dumps({"device": "CPU x", "date": "d1"}))
+    target = record(run, src, tmp_path / "results", "reslab reproduce fig6")
+    record(run, src, tmp_path / "results", "reslab reproduce fig7")
+    assert json.loads((target / "summary.json").read_text())["command"].endswith("fig6")
+    (src / "summary.json").write_text(json.dumps({"device": "CPU x", "date": "d2"}))
+    record(run, src, tmp_path / "results", "reslab reproduce fig7")
+    assert json.loads((target / "summary.json").read_text())["command"].endswith("fig7")

@@ -121,8 +121,17 @@ def plan(experiment: str, schedule: Fraction, seeds: int, only: list[str] | None
 
 def record(run: Run, run_dir: Path, results: Path, command: str, **extra: Any) -> Path:
     """Copy a finished run into the ledger, with the protocol stated in its summary (``extra``
-    keys, such as a note, are added to it)."""
+    keys, such as a note, are added to it). A run already recorded (the same finish date) is left
+    as it is, so reusing it (``reproduce fig7`` over the fig6 nets) keeps the command that trained
+    it."""
     summary = json.loads((run_dir / "summary.json").read_text())
+    # a GPU run of the same protocol is a separate ledger entry beside the CPU one
+    device_tag = "" if summary.get("device", "CPU").startswith("CPU") else "-gpu"
+    target = results / run.experiment / f"{run.name}{device_tag}"
+    if (target / "summary.json").is_file():
+        recorded = json.loads((target / "summary.json").read_text())
+        if recorded.get("date") == summary.get("date") and "date" in summary:
+            return target  # this very run is already recorded, with the command that trained it
     summary.update(
         **extra,
         model=run.model,  # a variant's name (resnet32-B), the config's model otherwise
@@ -134,9 +143,6 @@ def record(run: Run, run_dir: Path, results: Path, command: str, **extra: Any) -
         if run.schedule == 1
         else f"reslab reduced schedule ({run.schedule} of the paper's iterations)",
     )
-    # a GPU run of the same protocol is a separate ledger entry beside the CPU one
-    device_tag = "" if summary.get("device", "CPU").startswith("CPU") else "-gpu"
-    target = results / run.experiment / f"{run.name}{device_tag}"
     target.mkdir(parents=True, exist_ok=True)
     for name in LEDGER_FILES[1:]:
         if (run_dir / name).is_file():

@@ -65,6 +65,11 @@ def _depth(model: str) -> int:
     return int("".join(c for c in model if c.isdigit()))
 
 
+def _color(depth: int) -> str:
+    """The same colour for a depth in every figure."""
+    return {20: "C0", 32: "C1", 44: "C2", 56: "C3", 110: "C4", 1202: "C5"}.get(depth, "C7")
+
+
 def _write(fig: Any, out: Path, stem: str, data: dict[str, Any], report: str) -> Path:
     """``stem``.png (the figure), .json (its numbers) and .md (the report) in ``out``."""
     import matplotlib.pyplot as plt
@@ -94,7 +99,6 @@ def fig6(results: str | Path, schedule: Fraction = Fraction(1)) -> Path:
     stem = f"fig6{schedule_tag(schedule)}"
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     data: dict[str, Any] = {"schedule": str(schedule), "runs": {}}
-    colors = dict(zip((20, 32, 44, 56, 110), ("C0", "C1", "C2", "C3", "C4"), strict=True))
     for model, summary in sorted(runs.items(), key=lambda kv: _depth(kv[0])):
         curves = _curves(summary["_dir"])
         data["runs"][model] = {
@@ -105,7 +109,7 @@ def fig6(results: str | Path, schedule: Fraction = Fraction(1)) -> Path:
             "device": summary["device"],
         }
         ax = axes[0 if model.startswith("plain") else 1]
-        color = colors.get(_depth(model))
+        color = _color(_depth(model))
         if curves["train"]:
             its, err = zip(*curves["train"], strict=True)
             ax.plot(its, err, "--", lw=0.8, color=color)
@@ -222,10 +226,11 @@ def fig7(
             "mean_std": sum(std) / len(std),
             "dir": str(summary["_dir"].relative_to(results)),
         }
-        style = "--" if model.startswith("plain") else "-"
+        # one colour per depth, dashed plain and solid residual: the pairs compare at a glance
+        style = {"ls": "--" if model.startswith("plain") else "-", "color": _color(_depth(model))}
         label = model.replace("plain", "plain-").replace("resnet", "ResNet-")
-        ax1.plot(range(1, len(std) + 1), std, style, label=label)
-        ax2.plot(range(1, len(std) + 1), sorted(std, reverse=True), style, label=label)
+        ax1.plot(range(1, len(std) + 1), std, label=label, **style)
+        ax2.plot(range(1, len(std) + 1), sorted(std, reverse=True), label=label, **style)
     ax1.set_xlabel("layer index (original)")
     ax2.set_xlabel("layer index (sorted by magnitude)")
     for ax in (ax1, ax2):

@@ -51,6 +51,31 @@ def _finished_runs(results: Path, experiment: str, schedule: Fraction) -> dict[s
     return runs
 
 
+def _ledger_runs(results: Path, schedule: Fraction, *experiments: str) -> dict[str, dict[str, Any]]:
+    """The finished runs of the first experiment, completed by the later ones; a clear error
+    naming the command to run when there are none."""
+    runs: dict[str, dict[str, Any]] = {}
+    for experiment in experiments:
+        for model, summary in _finished_runs(results, experiment, schedule).items():
+            runs.setdefault(model, summary)
+    if not runs:
+        raise FileNotFoundError(
+            f"no finished {'/'.join(experiments)} runs of schedule {schedule} under {results}; "
+            f"run `reslab reproduce {experiments[0]} --schedule {schedule}` first"
+        )
+    return runs
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     train, test = [], []
     for row in read_jsonl(run_dir / "metrics.jsonl"):
@@ -84,18 +109,10 @@ def _write(fig: Any, out: Path, stem: str, data: dict[str, Any], report: str) ->
 
 def fig6(results: str | Path, schedule: Fraction = Fraction(1)) -> Path:
     """Plot and report Fig. 6 from ``results/fig6``; returns the PNG's path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     results = Path(results)
-    runs = _finished_runs(results, "fig6", schedule)
-    if not runs:
-        raise FileNotFoundError(
-            f"no finished fig6 runs of schedule {schedule} under {results / 'fig6'}; run "
-            f"`reslab reproduce fig6 --schedule {schedule}` first"
-        )
+    runs = _ledger_runs(results, schedule, "fig6")
     stem = f"fig6{schedule_tag(schedule)}"
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     data: dict[str, Any] = {"schedule": str(schedule), "runs": {}}
@@ -196,23 +213,13 @@ def fig7(
     limit: int = 0,
 ) -> Path:
     """Layer responses (Fig. 7) of the trained fig6/table6 nets of ``schedule``; returns the PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     from reslab.analysis.common import cifar_test_batches, load_model, normalizer_for
     from reslab.analysis.responses import layer_responses
 
     results = Path(results)
-    runs = _finished_runs(results, "fig6", schedule)
-    for model, summary in _finished_runs(results, "table6", schedule).items():
-        runs.setdefault(model, summary)  # e.g. ResNet-110 from Table 6
-    if not runs:
-        raise FileNotFoundError(
-            f"no finished fig6/table6 runs of schedule {schedule} under {results}; run "
-            f"`reslab reproduce fig6 --schedule {schedule}` first"
-        )
+    runs = _ledger_runs(results, schedule, "fig6", "table6")  # e.g. ResNet-110 from Table 6
     stem = f"fig7{schedule_tag(schedule)}"
     data: dict[str, Any] = {"schedule": str(schedule), "limit": limit, "runs": {}}
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7))
@@ -292,20 +299,13 @@ PAPER_TABLE3 = {"A": 25.03, "B": 24.52, "C": 24.19}  # ImageNet ResNet-34 top-1 
 def options(results: str | Path, schedule: Fraction = Fraction(1)) -> Path:
     """Shortcut options A/B/C on ResNet-32/56 from ``results/options``: a grouped bar chart of the
     final test errors and a report beside the paper's ImageNet comparison (Table 3)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     from reslab.models import create_model
+    from reslab.models.complexity import count_params
 
     results = Path(results)
-    runs = _finished_runs(results, "options", schedule)
-    if not runs:
-        raise FileNotFoundError(
-            f"no finished options runs of schedule {schedule} under {results / 'options'}; run "
-            f"`reslab reproduce options --schedule {schedule}` first"
-        )
+    runs = _ledger_runs(results, schedule, "options")
     stem = f"options{schedule_tag(schedule)}"
     data: dict[str, Any] = {"schedule": str(schedule), "runs": {}}
     for model, summary in sorted(runs.items()):
@@ -314,7 +314,7 @@ def options(results: str | Path, schedule: Fraction = Fraction(1)) -> Path:
         data["runs"][model] = {
             "depth": _depth(base),
             "option": option,
-            "params": sum(p.numel() for p in net.parameters()),
+            "params": count_params(net),
             "final_train_error": summary["train_error"],
             "final_test_error": summary["test_error"],
             "dir": str(summary["_dir"].relative_to(results)),

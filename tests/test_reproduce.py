@@ -80,6 +80,7 @@ def test_reproduce_records_reduced_runs_and_report(data_dir, tmp_path, capsys):
     assert (fig_dir / "fig6-sched1of6400.png").stat().st_size > 10_000
     md = (fig_dir / "fig6-sched1of6400.md").read_text()
     assert "reduced schedule: 1/6400" in md and "| resnet20 |" in md and "| 8.75 |" in md
+    assert "Made by `reslab reproduce fig6 --schedule 1/6400 --only resnet20" in md
     curves = json.loads((fig_dir / "fig6-sched1of6400.json").read_text())["runs"]["resnet20"]
     assert [it for it, _ in curves["train"]][-1] == 10 and curves["test"][-1][0] == 10
 

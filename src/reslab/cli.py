@@ -6,6 +6,7 @@ uv run reslab --help
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -575,12 +576,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     for summary in summaries:
         _print_summary(summary)
     finished = all(s["status"] == "finished" for s in summaries)
+    command = "reslab " + shlex.join(args.argv)
     if experiment == "fig6" and any(s["status"] == "finished" for s in summaries):
-        print(f"wrote {figures.fig6(args.results, schedule)}")
+        print(f"wrote {figures.fig6(args.results, schedule, command)}")
     if args.experiment == "fig7" and finished:
-        print(f"wrote {figures.fig7(args.results, schedule, args.data_dir)}")
+        print(f"wrote {figures.fig7(args.results, schedule, args.data_dir, command=command)}")
     if experiment == "options" and any(s["status"] == "finished" for s in summaries):
-        print(f"wrote {figures.options(args.results, schedule)}")
+        print(f"wrote {figures.options(args.results, schedule, command)}")
     build(args.results)
     return 0 if finished else 130
 
@@ -655,7 +657,6 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     import datetime as dt
     import json
-    import shlex
     from pathlib import Path
 
     import torch

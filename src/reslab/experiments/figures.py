@@ -95,10 +95,22 @@ def _color(depth: int) -> str:
     return {20: "C0", 32: "C1", 44: "C2", 56: "C3", 110: "C4", 1202: "C5"}.get(depth, "C7")
 
 
-def _write(fig: Any, out: Path, stem: str, data: dict[str, Any], report: str) -> Path:
-    """``stem``.png (the figure), .json (its numbers) and .md (the report) in ``out``."""
+def _write(fig: Any, out: Path, stem: str, data: dict[str, Any], report: str, command: str) -> Path:
+    """``stem``.png (the figure), .json (its numbers) and .md (the report) in ``out``, the latter
+    two stating the command, code version and date that made them."""
+    import datetime
+
     import matplotlib.pyplot as plt
 
+    from reslab.engine.runtime import code_version
+
+    made = {
+        "command": command or "(called from Python)",
+        "code_version": code_version(),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    data = {**data, **made}
+    report += f"\nMade by `{made['command']}` (code {made['code_version']}, {made['date']}).\n"
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / f"{stem}.png", dpi=120)
     plt.close(fig)
@@ -107,7 +119,7 @@ def _write(fig: Any, out: Path, stem: str, data: dict[str, Any], report: str) ->
     return out / f"{stem}.png"
 
 
-def fig6(results: str | Path, schedule: Fraction = Fraction(1)) -> Path:
+def fig6(results: str | Path, schedule: Fraction = Fraction(1), command: str = "") -> Path:
     """Plot and report Fig. 6 from ``results/fig6``; returns the PNG's path."""
     plt = _pyplot()
 
@@ -148,7 +160,8 @@ def fig6(results: str | Path, schedule: Fraction = Fraction(1)) -> Path:
     axes[0].set_ylabel("error (%)")
     fig.suptitle("CIFAR-10 training (dashed) and test (bold) error, as in the paper's Fig. 6")
     fig.tight_layout()
-    return _write(fig, results / "fig6", stem, data, _fig6_report(data, schedule, stem))
+    report = _fig6_report(data, schedule, stem)
+    return _write(fig, results / "fig6", stem, data, report, command)
 
 
 def _fig6_report(data: dict[str, Any], schedule: Fraction, stem: str) -> str:
@@ -211,6 +224,7 @@ def fig7(
     schedule: Fraction = Fraction(1),
     data_dir: str | None = None,
     limit: int = 0,
+    command: str = "",
 ) -> Path:
     """Layer responses (Fig. 7) of the trained fig6/table6 nets of ``schedule``; returns the PNG."""
     plt = _pyplot()
@@ -250,7 +264,8 @@ def fig7(
         fontsize=10,
     )
     fig.tight_layout()
-    return _write(fig, results / "fig7", stem, data, _fig7_report(data, schedule, stem))
+    report = _fig7_report(data, schedule, stem)
+    return _write(fig, results / "fig7", stem, data, report, command)
 
 
 def _fig7_report(data: dict[str, Any], schedule: Fraction, stem: str) -> str:
@@ -296,7 +311,7 @@ def _fig7_report(data: dict[str, Any], schedule: Fraction, stem: str) -> str:
 PAPER_TABLE3 = {"A": 25.03, "B": 24.52, "C": 24.19}  # ImageNet ResNet-34 top-1 error, 10-crop
 
 
-def options(results: str | Path, schedule: Fraction = Fraction(1)) -> Path:
+def options(results: str | Path, schedule: Fraction = Fraction(1), command: str = "") -> Path:
     """Shortcut options A/B/C on ResNet-32/56 from ``results/options``: a grouped bar chart of the
     final test errors and a report beside the paper's ImageNet comparison (Table 3)."""
     plt = _pyplot()
@@ -337,7 +352,8 @@ def options(results: str | Path, schedule: Fraction = Fraction(1)) -> Path:
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    return _write(fig, results / "options", stem, data, _options_report(data, schedule, stem))
+    report = _options_report(data, schedule, stem)
+    return _write(fig, results / "options", stem, data, report, command)
 
 
 def _options_report(data: dict[str, Any], schedule: Fraction, stem: str) -> str:

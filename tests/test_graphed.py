@@ -12,9 +12,8 @@ import torch
 
 from reslab.data.loaders import TensorLoader
 from reslab.data.transforms import Normalize
-from reslab.engine import PaperSGD, StepSchedule, TrainState, train_one_epoch
+from reslab.engine import EagerStep, PaperSGD, StepSchedule, TrainState
 from reslab.engine.graphed import GraphedStep
-from reslab.engine.trainer import train_one_epoch_graphed
 from reslab.models import create_model
 
 
@@ -30,27 +29,26 @@ def _setup(device: str, seed: int = 0):
     return model, opt, loader
 
 
+def _run(step, schedule: StepSchedule, iterations: int) -> TrainState:
+    """The engine's loop without its logging: one step per iteration, epochs rolling over."""
+    state = TrainState()
+    step.start_epoch(0)
+    while state.iteration < iterations:
+        step(schedule.lr(state.iteration))
+        if state.advance(len(step)):
+            step.start_epoch(state.epoch)
+    return state
+
+
 def _train(device: str, graphed: bool, iterations: int, capture: bool | None = None):
     model, opt, loader = _setup(device)
     schedule = StepSchedule(0.1, [4])  # an lr drop inside the run
-    state, window = TrainState(), torch.zeros(3, dtype=torch.float64, device=device)
-
-    def on_step(loss, errors, n):
-        if loss is not None:
-            window[0] += loss
-            window[1] += errors
-            window[2] += n
-        return False
-
-    step = GraphedStep(model, opt, loader, window, "fp32", capture=capture, warmup=2)
-    while state.iteration < iterations:
-        if graphed:
-            train_one_epoch_graphed(step, schedule, state, until=iterations, on_step=on_step)
-        else:
-            train_one_epoch(
-                model, opt, loader, schedule, state, until=iterations, precision="fp32",
-                on_step=on_step,
-            )  # fmt: skip
+    window = torch.zeros(3, dtype=torch.float64, device=device)
+    if graphed:
+        step = GraphedStep(model, opt, loader, window, "fp32", capture=capture, warmup=2)
+    else:
+        step = EagerStep(model, opt, loader, window, "fp32")
+    state = _run(step, schedule, iterations)
     return model, window.cpu(), state
 
 
@@ -74,8 +72,7 @@ def test_graphed_step_with_a_compiled_model_trains_like_eager():
     model, opt, loader = _setup("cpu")
     window = torch.zeros(3, dtype=torch.float64)
     step = GraphedStep(model, opt, loader, window, "fp32", compile_mode="default")
-    state = TrainState()
-    train_one_epoch_graphed(step, StepSchedule(0.1, [4]), state, until=2)
+    _run(step, StepSchedule(0.1, [4]), 2)
     for (name, a), b in zip(eager.state_dict().items(), model.state_dict().values(), strict=True):
         torch.testing.assert_close(a.float(), b.float(), rtol=1e-2, atol=5e-4, msg=name)
     torch.testing.assert_close(window[0], w_eager[0], rtol=1e-4, atol=0)

@@ -22,7 +22,7 @@ from reslab.data.imagefolder import (
     resize_shorter,
     scan_folder,
 )
-from reslab.engine.multiview import evaluate_views, multiscale_probs
+from reslab.engine.evaluate import evaluate, multiscale_probs
 from reslab.models import create_model
 
 
@@ -95,10 +95,8 @@ def test_multiscale_returns_averaged_probabilities(imagenette):
     )
     assert probs.shape == (10,)
     assert probs.sum().item() == pytest.approx(1.0, abs=1e-5)
-    flipped = multiscale_probs(
-        model, decode(samples[0][0]), imagenet_normalize(), sizes=(224,), flip=True
-    )
-    assert flipped.shape == (10,)
+    single = multiscale_probs(model, decode(samples[0][0]), imagenet_normalize(), sizes=(224,))
+    assert single.shape == (10,) and not torch.allclose(single, probs)
 
 
 def test_loaders_batch_real_images(small_folder):
@@ -115,7 +113,7 @@ def test_loaders_batch_real_images(small_folder):
     views, labels = next(iter(tencrop))
     assert views.shape == (5, 10, 3, 224, 224) and labels.shape == (5,)
     model = create_model("resnet18", num_classes=3)
-    result = evaluate_views(model, tencrop)
+    result = evaluate(model, tencrop)
     assert result["images"] == 12 and 0 <= result["error"] <= 100
 
 

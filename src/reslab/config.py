@@ -3,89 +3,131 @@
     uv run python -c "from reslab.config import load_config; print(load_config('cifar10/resnet20'))"
 
 A YAML file may name ``base: <path relative to it>``; the base is loaded first and the file's keys
-override it. ``--set key=value`` overrides apply last (values are parsed as YAML). Every error names
-the key, the bad value and the valid choices.
+override it. ``--set key=value`` overrides apply last (values are parsed as YAML, where ``1e-3`` is
+a number and ``true``/``false`` are the booleans). Each field's type says what it accepts: a
+``Literal`` lists the choices, a :class:`Range` the bounds, and floats must be finite. Every error
+names the key, the bad value and what is valid.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
+import re
 import types
 import typing
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
+from reslab.errors import ConfigError, MissingFileError
+
+__all__ = ["Config", "ConfigError", "config_diff", "config_from_dict", "load_config"]
+
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric field: ``low <= value`` (``<`` when ``low_open``), likewise ``high``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def check(self, key: str, value: float) -> None:
+        low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        if not (low_ok and high_ok):
+            raise ConfigError(f"{key}: {value!r} must be {self}")
+
+    def __str__(self) -> str:
+        def number(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {number(self.low)}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {number(self.high)}")
+        return " and ".join(parts)
+
+
+PositiveInt = Annotated[int, Range(0, low_open=True)]
+Count = Annotated[int, Range(0)]  # >= 0
+PositiveFloat = Annotated[float, Range(0, low_open=True)]
+NonNegativeFloat = Annotated[float, Range(0)]
+Switch = Literal["auto"] | bool  # true, false, or auto (decided by the device)
+Device = Literal["auto", "cpu", "cuda"]
 
 
 @dataclass
 class ModelConfig:
     name: str = "resnet20"  # registered model name (`reslab list`)
-    options: dict[str, Any] = field(
-        default_factory=dict
-    )  # create_model options: shortcut, stride_in, ...
+    options: dict[str, Any] = field(default_factory=dict)  # create_model options: shortcut, ...
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "cifar10"  # "cifar10" (in memory) or "imagefolder" (class-per-folder JPEGs)
+    dataset: Literal["cifar10", "imagefolder"] = "cifar10"  # in memory, or class-per-folder JPEGs
     data_dir: str | None = None  # dataset root; default $RESLAB_DATA, else ~/.cache/reslab/data
-    normalization: str = "pixel"  # "pixel": per-pixel mean subtracted (paper); "channel": mean/std
+    # "pixel": per-pixel mean subtracted (the paper); "channel": per-channel mean and std
+    normalization: Literal["pixel", "channel"] = "pixel"
     # CIFAR-10
-    split: str = "train"  # training split: "train" (50k) or "train45k" (the paper's 45k/5k split)
-    eval_split: str = "test"  # evaluation split: "test" (10k) or "val5k"
-    pad: int = 4  # zero padding of the random crop (pixels per side)
+    split: Literal["train", "train45k"] = "train"  # 50k, or the paper's 45k of the 45k/5k split
+    eval_split: Literal["test", "val5k"] = "test"  # 10k test set, or the 5k held out of training
+    pad: Count = 4  # zero padding of the random crop (pixels per side)
     # image folders (ImageNet)
     train_dir: str = "imagenet/train"  # training image folder, relative to data_dir
     eval_dir: str = "imagenet/val"  # evaluation image folder, relative to data_dir
-    eval_limit: int = 0  # evaluate on a class-spread subset of at most this many images (0: all)
-    scale: list[int] = field(default_factory=lambda: [256, 480])  # shorter-side range (scale aug.)
-    crop: int = 224  # training and test crop size
-    lighting: float = 0.1  # std of AlexNet's PCA lighting noise (0: off)
-    test_views: str = "tencrop"  # final test: "center" (256 -> 224 crop) or "tencrop"
-    workers: int = 2  # JPEG decoding processes
+    eval_limit: Count = 0  # evaluate on a class-spread subset of at most this many images (0: all)
+    scale: list[PositiveInt] = field(default_factory=lambda: [256, 480])  # shorter-side range
+    crop: PositiveInt = 224  # training and test crop size
+    lighting: NonNegativeFloat = 0.1  # std of AlexNet's PCA lighting noise (0: off)
+    test_views: Literal["center", "tencrop"] = "tencrop"  # final test: 256 -> 224 crop, or 10-crop
+    workers: Count = 2  # JPEG decoding processes
+    skip_corrupt: bool = (
+        False  # leave undecodable images out (listed in the log) instead of stopping
+    )
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.1  # base learning rate
-    momentum: float = 0.9  # SGD momentum, paper form v = m*v + lr*g (no dampening)
-    weight_decay: float = 1e-4  # L2 penalty on all weights
-    milestones: list[int] = field(default_factory=lambda: [32000, 48000])  # iterations of lr drops
-    gamma: float = 0.1  # lr factor at each milestone (or plateau)
-    schedule: str = (
-        "step"  # "step" (drops at milestones) or "plateau" (drops when eval error stalls)
-    )
-    plateau_patience: int = 3  # evaluations without improvement before a plateau drop
-    plateau_threshold: float = 0.1  # improvement (error points) that counts as progress
-    warmup_lr: float | None = None  # ResNet-110/1202: this lr until the training error falls...
-    warmup_until_error: float = 80.0  # ...below this running-average percentage, then the base lr
+    lr: PositiveFloat = 0.1  # base learning rate
+    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9  # paper form v = m*v + lr*g
+    weight_decay: NonNegativeFloat = 1e-4  # L2 penalty on all weights
+    milestones: list[PositiveInt] = field(default_factory=lambda: [32000, 48000])  # lr drops
+    gamma: Annotated[float, Range(0, 1, low_open=True)] = 0.1  # lr factor at each drop
+    schedule: Literal["step", "plateau"] = "step"  # drops at milestones, or when eval error stalls
+    plateau_patience: Count = 3  # evaluations without improvement before a plateau drop
+    plateau_threshold: NonNegativeFloat = 0.1  # improvement (error points) that counts as progress
+    warmup_lr: PositiveFloat | None = None  # ResNet-110/1202: this lr until the training error...
+    warmup_until_error: Annotated[float, Range(0, 100, low_open=True)] = 80.0  # ...is below this
 
 
 @dataclass
 class TrainConfig:
-    iterations: int = 64000  # total optimisation steps (schedules count iterations, not epochs)
-    batch_size: int = 128  # global batch size
-    seed: int = 0  # seeds initialisation, data order and augmentation
-    device: str = "auto"  # "auto" (cuda when present), "cpu" or "cuda"
-    precision: str = "bf16"  # training autocast: "bf16" or "fp32" (evaluation is always fp32)
+    iterations: PositiveInt = 64000  # total optimisation steps (schedules count iterations)
+    batch_size: PositiveInt = 128  # global batch size
+    seed: Annotated[int, Range(0, 2**32 - 1)] = 0  # initialisation, data order and augmentation
+    device: Device = "auto"  # "auto" (cuda when present), "cpu" or "cuda"
+    precision: Literal["bf16", "fp32"] = "bf16"  # training autocast (evaluation is always fp32)
     channels_last: bool = True  # NHWC memory format (faster on CPU and tensor cores)
-    compile: bool | str = "auto"  # torch.compile the model; "auto": on CUDA only (no gain on CPU)
-    compile_mode: str = "auto"  # "auto": "reduce-overhead" (CUDA graphs) on CUDA, else "default"
-    # replay each whole CIFAR step from one CUDA graph; "auto": on one CUDA device unless compile
-    # is set explicitly (then compile decides)
-    cuda_graph: bool | str = "auto"
+    compile: Switch = "auto"  # torch.compile the model; auto: on CUDA only (no gain on CPU)
+    # auto: "reduce-overhead" (CUDA graphs) on CUDA, else "default"
+    compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune"] = "auto"
+    cuda_graph: Switch = "auto"  # whole CIFAR step as one CUDA graph; auto: one CUDA device
     sync_bn: bool = False  # SyncBatchNorm across processes in distributed training (GPU only)
     tensorboard: bool = True  # also write TensorBoard event files into the run directory
-    log_every: int = 100  # iterations per metrics.jsonl line (and warm-up check)
-    eval_every: int = 2000  # iterations between test evaluations (0: at the end only)
-    eval_batch_size: int = 1000  # evaluation batch size
-    checkpoint_every: int = 1000  # iterations between checkpoints
-    keep_checkpoints: int = 2  # how many periodic checkpoints to keep (the final one is kept too)
+    log_every: PositiveInt = 100  # iterations per metrics.jsonl line (warm-up and divergence check)
+    eval_every: Count = 2000  # iterations between test evaluations (0: at the end only)
+    eval_batch_size: PositiveInt = 1000  # evaluation batch size
+    checkpoint_every: PositiveInt = 1000  # iterations between checkpoints
+    keep_checkpoints: PositiveInt = 2  # periodic checkpoints kept (the final one is kept too)
 
 
 @dataclass
@@ -99,163 +141,155 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def check(self) -> None:
+        """The rules that tie fields together (each field's own range is checked on load)."""
+        if self.optim.schedule == "plateau" and not self.train.eval_every:
+            raise ConfigError(
+                "optim.schedule: 'plateau' needs train.eval_every > 0 (it watches the eval error)"
+            )
+        d = self.data
+        if len(d.scale) != 2 or not d.crop <= d.scale[0] <= d.scale[1]:
+            raise ConfigError(
+                f"data.scale: {d.scale} must be [min, max] with data.crop <= min <= max"
+            )
+        if sorted(set(self.optim.milestones)) != self.optim.milestones:
+            raise ConfigError(f"optim.milestones: {self.optim.milestones} must be increasing")
+        from reslab.errors import ModelError
+        from reslab.models import get_model_spec
 
-CHOICES: dict[str, tuple[Any, ...]] = {
-    "data.dataset": ("cifar10", "imagefolder"),
-    "data.test_views": ("center", "tencrop"),
-    "optim.schedule": ("step", "plateau"),
-    "data.split": ("train", "train45k"),
-    "data.eval_split": ("test", "val5k"),
-    "data.normalization": ("pixel", "channel"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "train.precision": ("bf16", "fp32"),
-    "train.compile_mode": ("auto", "default", "reduce-overhead", "max-autotune"),
-}
-POSITIVE = {
-    "optim.lr",
-    "train.iterations",
-    "train.batch_size",
-    "train.log_every",
-    "train.eval_batch_size",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-}
+        try:
+            spec = get_model_spec(self.model.name)
+        except ModelError as err:
+            raise ConfigError(f"model.name: {err}") from None
+        bad = sorted(set(self.model.options) - set(spec.options))
+        if bad:
+            raise ConfigError(
+                f"model.options: {bad[0]!r} is not an option of {self.model.name}; "
+                f"valid: {', '.join(spec.options)}"
+            )
 
 
-class ConfigError(ValueError):
-    """A bad config: the message names the key, the value and the valid choices."""
+# ---- type checking -------------------------------------------------------------------------------
 
 
-def _check_type(key: str, value: Any, tp: Any) -> Any:
+def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    if origin is Annotated:
+        base, *extras = typing.get_args(tp)
+        return f"{_describe(base)} {' '.join(str(e) for e in extras)}"
     if origin in (types.UnionType, typing.Union):
-        for option in typing.get_args(tp):
-            if option is type(None) and value is None:
-                return None
-        for option in typing.get_args(tp):
-            if option is not type(None):
-                try:
-                    return _check_type(key, value, option)
-                except ConfigError:
-                    pass
-        raise ConfigError(f"{key}: {value!r} is not a valid {tp}")
+        return " or ".join(_describe(t) for t in typing.get_args(tp))
+    return {type(None): "null", bool: "true/false"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _check_value(key: str, value: Any, tp: Any) -> Any:
+    """``value`` converted to ``tp`` (an int where a float is expected), or :class:`ConfigError`."""
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, *extras = typing.get_args(tp)
+        value = _check_value(key, value, base)
+        for extra in extras:
+            extra.check(key, value)
+        return value
+    if origin in (types.UnionType, typing.Union):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: {value!r} is not a finite number")
+        options = typing.get_args(tp)
+        for option in options:
+            with contextlib.suppress(ConfigError):
+                return _check_value(key, value, option)
+        if all(o is bool or typing.get_origin(o) is Literal for o in options):
+            choices = [c for o in options for c in typing.get_args(o) or ("true", "false")]
+            raise ConfigError(f"{key}: {value!r} is invalid; valid choices: {', '.join(choices)}")
+        raise ConfigError(f"{key}: {value!r} is not valid; expected {_describe(tp)}")
+    if origin is Literal:
+        if value in typing.get_args(tp) and type(value) is not bool:
+            return value
+        raise ConfigError(f"{key}: {value!r} is invalid; valid choices: {_describe(tp)[7:]}")
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: {value!r} is not a list")
         (item,) = typing.get_args(tp)
-        return [_check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+        return [_check_value(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: {value!r} is not a mapping")
         return dict(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: {value!r} is not a finite number")
         return float(value)
-    if tp is Any or (
-        isinstance(tp, type)
-        and isinstance(value, tp)
-        and not (tp is int and isinstance(value, bool))
-    ):
+    elif tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         return value
-    raise ConfigError(f"{key}: {value!r} is not a valid {getattr(tp, '__name__', tp)}")
+    raise ConfigError(f"{key}: {value!r} is not a valid {_describe(tp)}")
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
+def build_dataclass(cls: type, values: Any, prefix: str = "") -> Any:
+    """``cls`` (a nested dataclass) from plain ``values``, every field checked against its type;
+    unknown keys are errors. The result's ``check()`` runs last, when it has one."""
     names = [f.name for f in dataclasses.fields(cls)]
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"{prefix.rstrip('.') or 'config'}: expected a mapping of {', '.join(names)}"
+        )
+    hints = typing.get_type_hints(cls, include_extras=True)
     unknown = [k for k in values if k not in names]
     if unknown:
-        where = f"{prefix}{unknown[0]}"
         raise ConfigError(
-            f"unknown config key {where!r}; valid keys under '{prefix or '.'}': {', '.join(names)}"
+            f"unknown config key {prefix + str(unknown[0])!r}; valid keys under "
+            f"'{prefix or '.'}': {', '.join(names)}"
         )
     kwargs = {}
     for name, value in values.items():
         key, tp = f"{prefix}{name}", hints[name]
         if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                raise ConfigError(
-                    f"{key}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}"
-                )
-            kwargs[name] = _build(tp, value, f"{key}.")
+            kwargs[name] = build_dataclass(tp, value, f"{key}.")
         else:
-            kwargs[name] = _check_type(key, value, tp)
-    return cls(**kwargs)
+            kwargs[name] = _check_value(key, value, tp)
+    obj = cls(**kwargs)
+    if not prefix and hasattr(obj, "check"):
+        obj.check()
+    return obj
 
 
-def flatten_sections(cfg: Any) -> dict[str, Any]:
-    """``{"section.key": value}`` over the dataclass sections of a config."""
-    return {
-        f"{f.name}.{k}": v
-        for f in dataclasses.fields(cfg)
-        if dataclasses.is_dataclass(getattr(cfg, f.name))
-        for k, v in dataclasses.asdict(getattr(cfg, f.name)).items()
-    }
+# ---- reading YAML --------------------------------------------------------------------------------
 
 
-def check_fields(
-    flat: dict[str, Any],
-    choices: dict[str, tuple[Any, ...]],
-    positive: Iterable[str] = (),
-    nonnegative: Iterable[str] = (),
-) -> None:
-    """Raise :class:`ConfigError` naming the first key whose value is not among its choices, not
-    > 0 (``positive``) or not >= 0 (``nonnegative``)."""
-    for key, valid in choices.items():
-        if flat[key] not in valid:
-            raise ConfigError(
-                f"{key}: {flat[key]!r} is invalid; valid choices: {', '.join(map(str, valid))}"
-            )
-    for key in positive:
-        if flat[key] <= 0:
-            raise ConfigError(f"{key}: {flat[key]!r} must be > 0")
-    for key in nonnegative:
-        if flat[key] < 0:
-            raise ConfigError(f"{key}: {flat[key]!r} must be >= 0")
+class _Loader(yaml.SafeLoader):
+    """YAML with numbers as people write them (``1e-3`` is a float, as in YAML 1.2) and duplicate
+    keys refused (YAML would silently keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
-NONNEGATIVE = (
-    "optim.momentum",
-    "optim.weight_decay",
-    "train.eval_every",
-    "data.pad",
-    "data.lighting",
-    "data.eval_limit",
-    "data.workers",
-    "optim.plateau_patience",
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
 )
 
 
-def validate(cfg: Config) -> Config:
-    """Check choices and ranges; raise :class:`ConfigError` naming the key."""
-    check_fields(flatten_sections(cfg), CHOICES, POSITIVE, NONNEGATIVE)
-    for key in ("compile", "cuda_graph"):
-        value = getattr(cfg.train, key)
-        if isinstance(value, str) and value != "auto":
-            raise ConfigError(
-                f"train.{key}: {value!r} is invalid; valid choices: auto, true, false"
-            )
-    if cfg.optim.schedule == "plateau" and not cfg.train.eval_every:
-        raise ConfigError(
-            "optim.schedule: 'plateau' needs train.eval_every > 0 (it watches the eval error)"
-        )
-    if len(cfg.data.scale) != 2 or not cfg.data.crop <= cfg.data.scale[0] <= cfg.data.scale[1]:
-        raise ConfigError(
-            f"data.scale: {cfg.data.scale} must be [min, max] with data.crop <= min <= max"
-        )
-    if sorted(cfg.optim.milestones) != cfg.optim.milestones:
-        raise ConfigError(f"optim.milestones: {cfg.optim.milestones} must be increasing")
-    from reslab.models import get_model_spec
-
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text as plain data; a syntax error or duplicate key is a :class:`ConfigError` that
+    names ``where`` and the position."""
     try:
-        spec = get_model_spec(cfg.model.name)
-    except ValueError as err:
-        raise ConfigError(f"model.name: {err}") from None
-    bad = sorted(set(cfg.model.options) - set(spec.options))
-    if bad:
-        raise ConfigError(
-            f"model.options: {bad[0]!r} is not an option of {cfg.model.name}; valid: {', '.join(spec.options)}"
-        )
-    return cfg
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(err).split())}") from None
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
@@ -271,27 +305,30 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
         for p in CONFIG_DIR.rglob("*.yaml")
         if p.parent.name != "base"
     )
-    raise FileNotFoundError(
-        f"no config {str(name_or_path)!r} (neither a YAML file nor a name under {CONFIG_DIR}); available: {', '.join(available)}"
+    raise MissingFileError(
+        f"no config {str(name_or_path)!r} (neither a YAML file nor a name under {CONFIG_DIR}); "
+        f"available: {', '.join(available)}"
     )
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
-        out[k] = (
-            _merge(out[k], v)
-            if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options"
-            else v
-        )
+        nested = isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options"
+        out[k] = _merge(out[k], v) if nested else v
     return out
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in seen:
         raise ConfigError(f"config {path} includes itself through 'base'")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    if not path.is_file():
+        raise MissingFileError(f"config {path} does not exist (named by 'base' in {seen[-1]})")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file (a config is YAML)") from None
+    data = parse_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     base = data.pop("base", None)
@@ -305,7 +342,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.iterations=400")
-    return key.strip().split("."), yaml.safe_load(raw)
+    return key.strip().split("."), parse_yaml(raw, f"--set {item!r}")
 
 
 def read_config_data(
@@ -333,16 +370,36 @@ def read_config_data(
     return data
 
 
-def build_dataclass(cls: type, data: dict[str, Any]) -> Any:
-    """``cls`` (a nested dataclass) from ``data``, type-checked; unknown keys are errors."""
-    return _build(cls, data)
-
-
 def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load, compose, override and validate a config."""
-    return validate(_build(Config, read_config_data(name_or_path, overrides)))
+    return build_dataclass(Config, read_config_data(name_or_path, overrides))
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """A validated config from a plain dict (a checkpoint's or a run directory's)."""
-    return validate(_build(Config, data))
+    return build_dataclass(Config, data)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"section.key": value}`` of a nested dict (model options stay one value)."""
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and k != "options":
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# Keys that say where a run executes, not what it computes: a run may resume with other values.
+MACHINE_KEYS = ("data.data_dir", "data.workers")
+
+
+def config_diff(old: Any, new: Any) -> list[str]:
+    """``"key: old -> new"`` for every key (but :data:`MACHINE_KEYS`) where two configs differ."""
+    a, b = flatten(old.to_dict()), flatten(new.to_dict())
+    return [
+        f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
+        for k in sorted(a.keys() | b.keys())
+        if k not in MACHINE_KEYS and a.get(k) != b.get(k)
+    ]

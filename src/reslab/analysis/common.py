@@ -1,6 +1,7 @@
-"""What every analysis needs: a model (fresh or with weights), CIFAR-10 test batches, output files.
+"""What every analysis needs besides a model (``reslab.engine.weights.load_model``): CIFAR-10
+test batches normalised as the weights were trained, and the output files.
 
-uv run python -c "from reslab.analysis.common import load_model; print(load_model('resnet20', None))"
+uv run python -c "from reslab.analysis.common import normalizer_for; print(normalizer_for(None, '../shared/data'))"
 """
 
 from __future__ import annotations
@@ -10,40 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
-from reslab.models import create_model
-
-
-def load_model(name: str, weights: str | Path | None, seed: int = 0) -> nn.Module:
-    """``name`` He-initialised (seeded), or with ``weights``: a ``model.safetensors`` (or a run
-    directory holding one) or a plain state-dict file (loaded without executing code)."""
-    torch.manual_seed(seed)
-    model = create_model(name)
-    if weights is None:
-        return model
-    path = Path(weights)
-    if path.is_dir():
-        path = path / "model.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        from reslab.engine.checkpoint import load_checkpoint
-
-        state = load_checkpoint(path)
-        state = state.get("model", state.get("state_dict", state))
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(
-            f"{path} does not hold {name} weights: {str(err).splitlines()[0]}"
-        ) from None
-    return model
 
 
 def normalizer_for(weights: str | Path | None, data_dir: str | Path | None):
@@ -51,18 +18,15 @@ def normalizer_for(weights: str | Path | None, data_dir: str | Path | None):
     CIFAR-10 training set."""
     from reslab.data.cifar import load_cifar10
     from reslab.data.transforms import Normalize
-    from reslab.engine.weights import normalizer_from_metadata
+    from reslab.engine.weights import find_weights, normalizer_from_metadata, read_metadata
 
     if weights is not None:
         path = Path(weights)
-        path = path / "model.safetensors" if path.is_dir() else path
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                norm = normalizer_from_metadata(dict(f.metadata() or {}))
-            if norm is not None:
-                return norm
+        if path.is_dir() or path.suffix == ".safetensors":
+            path = find_weights(path)
+            meta = read_metadata(path)
+            if "normalize_mean" in meta:
+                return normalizer_from_metadata(meta, path)
     train_x, _ = load_cifar10(data_dir, "train")
     return Normalize.fit(train_x, "pixel")
 
@@ -82,17 +46,6 @@ def cifar_test_batches(
     ]
 
 
-@torch.no_grad()
-def error_rate(model: nn.Module, batches) -> float:
-    """Top-1 error (percent) of ``model`` in eval mode."""
-    model.eval()
-    wrong = total = 0
-    for x, y in batches:
-        wrong += (model(x).argmax(1) != y).sum().item()
-        total += len(y)
-    return 100 * wrong / total
-
-
 def write_outputs(out: str | Path, kind: str, record: dict[str, Any], summary: str, figure) -> Path:
     """``KIND.json``, ``KIND.png`` and ``KIND.txt`` in ``out``."""
     out = Path(out)
@@ -104,3 +57,55 @@ def write_outputs(out: str | Path, kind: str, record: dict[str, Any], summary: s
 
     plt.close(figure)
     return out
+
+
+KINDS = ("responses", "lesion", "gradients", "shattered")
+
+
+def run(
+    kind: str,
+    names: list[str],
+    weights: list[str | None],
+    *,
+    data_dir: str | Path | None = None,
+    limit: int = 1000,
+    seed: int = 0,
+    out: str | Path,
+) -> tuple[str, Path]:
+    """``reslab analyze KIND``: load the models (fresh He-initialised ones where ``weights`` is
+    None), run the analysis on the first ``limit`` CIFAR-10 test images (0: all) and write
+    ``KIND.json``, ``.png`` and ``.txt`` into ``out``; returns (the text summary, ``out``)."""
+    from reslab.analysis import gradients, lesion, responses, shattered
+    from reslab.engine.weights import load_model
+    from reslab.errors import ConfigError
+
+    if kind not in KINDS:
+        raise ConfigError(f"analysis {kind!r} is unknown; valid choices: {', '.join(KINDS)}")
+    if limit < 0:
+        raise ConfigError(f"--limit {limit} must be >= 0 (0: all 10,000 test images)")
+    if weights and len(weights) != len(names):
+        raise ConfigError(
+            f"{len(names)} --model but {len(weights)} --weights; give one per model ('none' for fresh)"
+        )
+    weights = [None if w in (None, "none") else w for w in (weights or [None] * len(names))]
+    if kind == "lesion" and len(names) != 1:
+        raise ConfigError("lesion analyses one model at a time")
+    models = []
+    for name, w in zip(names, weights, strict=True):
+        model = load_model(name, w, seed)
+        if getattr(model, "stem_kind", "") != "cifar":
+            raise ConfigError(f"{name}: the analyses run on CIFAR-family models (e.g. resnet20)")
+        models.append((name if w is None else f"{name} ({w})", model, w))
+    batches = cifar_test_batches(data_dir, limit, normalizer_for(weights[0], data_dir))
+    x, y = batches[0]
+    if kind == "responses":
+        record, summary, fig = responses.analyze(models, batches, limit)
+    elif kind == "lesion":
+        record, summary, fig = lesion.analyze(*models[0][:2], batches, limit, seed=seed)
+        record["weights"] = models[0][2]
+    elif kind == "gradients":
+        record, summary, fig = gradients.analyze(models, x[:64], y[:64])
+    else:
+        record, summary, fig = shattered.analyze(models, (x[0], x[1]), [1, 2, 4, 8, 16, 32, 50])
+    record["limit"] = limit
+    return summary, write_outputs(out, kind, record, summary, fig)

@@ -22,24 +22,48 @@ import torch.nn.functional as F
 from torch import nn
 
 
+@contextlib.contextmanager
+def untouched(model: nn.Module):
+    """Whatever happens inside, the model leaves with its mode, buffers (BN statistics) and
+    gradients as it came in: an analysis must not change what the next one measures."""
+    mode = model.training
+    buffers = {k: b.clone() for k, b in model.named_buffers()}
+    grads = {k: p.grad for k, p in model.named_parameters()}
+    try:
+        yield model
+    finally:
+        model.train(mode)
+        with torch.no_grad():
+            for k, b in model.named_buffers():
+                b.copy_(buffers[k])
+        for k, p in model.named_parameters():
+            p.grad = grads[k]
+
+
 def block_gradient_norms(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor
 ) -> dict[str, list[float]]:
-    """Per block, the mean per-image norm of dL/d(block output) and the norm of dL/d(parameters)."""
-    model.train()
-    model.zero_grad(set_to_none=True)
+    """Per block, the mean per-image norm of dL/d(block output) and the norm of dL/d(parameters),
+    in training mode (BN normalises by the batch, as in training); the model is left untouched."""
     outputs: list[torch.Tensor] = []
 
     def keep(_module, _inputs, out: torch.Tensor) -> None:
         out.retain_grad()
         outputs.append(out)
 
-    handles = [b.register_forward_hook(keep) for b in model.blocks()]
-    try:
-        F.cross_entropy(model(images), labels).backward()
-    finally:
-        for h in handles:
-            h.remove()
+    with untouched(model):
+        model.train()
+        model.zero_grad(set_to_none=True)
+        handles = [b.register_forward_hook(keep) for b in model.blocks()]
+        try:
+            F.cross_entropy(model(images), labels).backward()
+        finally:
+            for h in handles:
+                h.remove()
+        return _norms(model, outputs)
+
+
+def _norms(model: nn.Module, outputs: list[torch.Tensor]) -> dict[str, list[float]]:
     act = [o.grad.flatten(1).norm(dim=1).mean().item() for o in outputs]
     params = [
         math.sqrt(sum(float(p.grad.pow(2).sum()) for p in b.parameters() if p.grad is not None))
@@ -72,10 +96,16 @@ def gated(model: nn.Module, through_branch: set[int]):
 def path_gradients(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, samples: int = 3, seed: int = 0
 ) -> list[dict[str, float]]:
-    """Mean input-gradient norm of the paths of each length k (sampled), and C(n, k) times it."""
+    """Mean input-gradient norm of the paths of each length k (sampled), and C(n, k) times it
+    (in eval mode; the model is left untouched)."""
     if not getattr(model, "residual", False):
         raise ValueError("path gradients need a residual network (plain nets have a single path)")
-    model.eval()
+    with untouched(model):
+        model.eval()
+        return _path_rows(model, images, labels, samples, seed)
+
+
+def _path_rows(model, images, labels, samples: int, seed: int) -> list[dict[str, float]]:
     rng = random.Random(seed)
     n = len(model.blocks())
     rows = []

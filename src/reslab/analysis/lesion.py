@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reslab.analysis.common import error_rate
+from reslab.engine.evaluate import error_rate
 from reslab.models.layers import PadShortcut
 
 
@@ -30,9 +30,9 @@ def _changes(block: nn.Module) -> bool:
 def _deleted_forward(block: nn.Module):
     if block.residual:
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            branch, shortcut = block.parts(x)
-            return block.merge(torch.zeros_like(branch), shortcut)
+        def forward(x: torch.Tensor) -> torch.Tensor:  # the branch is not computed at all
+            shortcut = block.shortcut_path(x)
+            return block.merge(torch.zeros_like(shortcut), shortcut)
     else:
         convs = [m for n, m in block.named_children() if n.startswith("conv")]
         path = PadShortcut(

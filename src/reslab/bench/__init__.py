@@ -1,1 +1,79 @@
-"""Benchmarks behind ``reslab bench``: throughput measured side by side, reported as tables and JSON."""
+"""Benchmarks behind ``reslab bench``: throughput measured side by side, reported as tables and JSON.
+
+    RESLAB_DATA=../shared/data uv run reslab bench train --models resnet20 --steps 20
+
+:func:`run_and_record` runs one kind (``data``: input pipelines; ``train``: training and inference
+steps) and writes ``<out>/<date>-<device>-<kind>.json`` with the command, code version, hardware
+and date beside the numbers; :func:`table` formats its rows for the terminal.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+
+def run_and_record(
+    kind: str, out: str | Path, command: str, note: str = "", options: dict[str, Any] | None = None
+) -> tuple[list[dict[str, Any]], Path]:
+    """Run the ``kind`` benchmark and record it under ``out``; returns (rows, record path).
+    ``options`` may hold more than the keyword arguments of :func:`reslab.bench.data.run` or
+    :func:`reslab.bench.train.run`: those are passed (unless None), the rest ignored."""
+    import inspect
+
+    import torch
+
+    from reslab.engine.runtime import code_version, describe_device
+
+    if kind == "data":
+        from reslab.bench.data import run
+
+        device = "cpu"
+    else:
+        from reslab.bench.train import run
+
+        device = (options or {}).get("device") or "cpu"
+    accepted = inspect.signature(run).parameters
+    rows = run(**{k: v for k, v in (options or {}).items() if k in accepted and v is not None})
+    now = dt.datetime.now(dt.UTC)
+    record = {
+        "kind": kind,
+        "device": describe_device(device),
+        "command": command,
+        "code_version": code_version(),
+        "torch_version": torch.__version__,
+        "date": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "note": note,
+        "results": rows,
+    }
+    path = Path(out) / f"{now:%Y-%m-%d}-{device}-{kind}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return rows, path
+
+
+def table(kind: str, rows: list[dict[str, Any]]) -> str:
+    """The rows of a ``kind`` benchmark as a text table, each against its baseline."""
+    if kind == "data":
+        lines = [f"{'benchmark':<24} {'images/s':>10} {'baseline':>10} {'ratio':>6}"]
+        for r in rows:
+            base = r.get("baseline_images_per_s")
+            ratio = f"{r['images_per_s'] / base:.2f}x" if base else "-"
+            lines.append(
+                f"{r['name']:<24} {r['images_per_s']:>10.0f} {base or 0:>10.0f} {ratio:>6}"
+            )
+        return "\n".join(lines)
+    lines = [
+        f"{'model':<10} {'train img/s':>11} {'baseline':>9} {'ratio':>6} {'paper schedule':>15} "
+        f"{'infer img/s':>12} {'baseline':>9}"
+    ]
+    for r in rows:
+        sched = f"{r['paper_schedule_s'] / 3600:.2f} h" if "paper_schedule_s" in r else "-"
+        lines.append(
+            f"{r['model']:<10} {r['images_per_s']:>11.0f} {r['baseline_images_per_s']:>9.0f} "
+            f"{r['speedup']:>5.2f}x {sched:>15} {r['inference_images_per_s']:>12.0f} "
+            f"{r['baseline_inference_images_per_s']:>9.0f}"
+        )
+    return "\n".join(lines)

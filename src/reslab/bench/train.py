@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from reslab.engine.optim import PaperSGD
-from reslab.engine.runtime import autocast, compile_mode, configure_cpu, configure_cuda
-from reslab.engine.trainer import train_step
+from reslab.engine.runtime import autocast, compile_mode, cudnn_autotune
+from reslab.engine.step import train_step
+from reslab.engine.trainer import EagerStep, TrainState
 from reslab.models import create_model
 
 PAPER_IMAGES = 64_000 * 128  # the CIFAR schedule: 64k iterations of 128 images
@@ -87,10 +88,9 @@ def reslab_cifar_train(
     from one CUDA graph (:class:`~reslab.engine.graphed.GraphedStep`, eager on CPU)."""
     from reslab.data.loaders import TensorLoader
     from reslab.data.transforms import Normalize
+    from reslab.engine.graphed import GraphedStep
 
     model = create_model(name).to(device).to(memory_format=torch.channels_last)
-    if not cuda_graph:  # (a graphed step compiles the model itself)
-        model = _compile(model, compile)
     opt = PaperSGD(model.parameters(), 0.1, 0.9, 1e-4)
     normalize = Normalize.fit(images).to(device)
     loader = TensorLoader(
@@ -101,46 +101,25 @@ def reslab_cifar_train(
         train=True,
         device=device,
     )
-    if cuda_graph:
-        from reslab.engine.graphed import GraphedStep
-
-        window = torch.zeros(3, dtype=torch.float64, device=device)
+    window = torch.zeros(3, dtype=torch.float64, device=device)
+    if cuda_graph:  # (a graphed step compiles the model itself)
         if compile:
             torch._dynamo.reset()
-        graphed = GraphedStep(
+        step = GraphedStep(
             model, opt, loader, window, "bf16", warmup=min(warmup, 3), compile_mode=compile
         )
-        position = {"epoch": 0, "batch": len(loader)}
+    else:
+        step = EagerStep(_compile(model, compile), opt, loader, window, "bf16")
+    state = TrainState()
+    step.start_epoch(0)
 
-        def graph_step():
-            if position["batch"] == len(loader):
-                graphed.start_epoch(position["epoch"])
-                position["epoch"] += 1
-                position["batch"] = 0
-            graphed.step()
-            position["batch"] += 1
+    def one_step():  # the engine's loop without its logging
+        step(0.1)
+        if state.advance(len(step)):
+            step.start_epoch(state.epoch)
 
-        elapsed = _time_steps(graph_step, steps, warmup, device)
-        window.tolist()
-        return steps * batch / elapsed
-
-    batches = iter(())
-    total = torch.zeros(2, device=device)
-    epoch = 0
-
-    def step():
-        nonlocal batches, epoch
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            batches, epoch = loader.batches(epoch), epoch + 1
-            x, y = next(batches)
-        loss, errors = train_step(model, opt, x, y, "bf16")
-        total[0] += loss
-        total[1] += errors
-
-    elapsed = _time_steps(step, steps, warmup, device)
-    total.tolist()  # the one read, after timing (the engine reads every log interval)
+    elapsed = _time_steps(one_step, steps, warmup, device)
+    window.tolist()  # the one read, after timing (the engine reads every log interval)
     return steps * batch / elapsed
 
 
@@ -235,9 +214,13 @@ def synthetic_train(
             x.contiguous(memory_format=torch.channels_last),
         )
         opt = PaperSGD(model.parameters(), 0.1, 0.9, 1e-4)
+        window = torch.zeros(3, dtype=torch.float64, device=device)
 
         def step():
-            train_step(model, opt, x, y, "bf16")
+            if x.is_cuda:  # a new step for CUDA graphs (torch.compile "reduce-overhead")
+                torch.compiler.cudagraph_mark_step_begin()
+            opt.zero_grad(set_to_none=True)
+            train_step(model, opt, x, y, "bf16", 0.1, window)
     else:
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
@@ -264,73 +247,80 @@ def run(
 ) -> list[dict[str, Any]]:
     """One row per model: reslab's path (the engine's defaults on ``device``) against the baseline.
 
-    ``compile`` is a ``torch.compile`` mode, "off", or "auto" (the engine's default: CUDA graphs on
+    ``compile`` is a ``torch.compile`` mode, "false", or "auto" (the engine's default: CUDA graphs on
     CUDA, eager on CPU); for CIFAR models on CUDA the default is the engine's whole-step CUDA graph
-    (``cuda_graph``: auto/on/off). When graphed or compiled, the eager fast path is measured too
+    (``cuda_graph``: auto/true/false). When graphed or compiled, the eager fast path is measured too
     (``eager_images_per_s``).
     ImageNet-size models train on synthetic 224x224 data with ``imagenet_batch`` images (the paper's
     256 on CUDA, 16 on CPU by default).
     """
     device = torch.device(device)
     cuda = device.type == "cuda"
-    if cuda:
-        configure_cuda()
-    else:
-        configure_cpu()
-    mode = None if compile == "off" else compile_mode(compile, "auto", device)
-    if compile not in ("auto", "off"):
+    mode = None if compile == "false" else compile_mode(compile, "auto", device)
+    if compile not in ("auto", "false"):
         mode = compile
     # the engine's default on CUDA for CIFAR: the whole step as one CUDA graph (no compile)
-    graph = cuda_graph == "on" or (cuda_graph == "auto" and cuda and compile == "auto")
+    graph = cuda_graph == "true" or (cuda_graph == "auto" and cuda and compile == "auto")
     imagenet_batch = imagenet_batch or (256 if cuda else 16)
     workers = workers if workers is not None else (4 if cuda else 2)
     warmup = 10 if cuda else 3  # CUDA graphs are recorded after warm-up runs
     images, labels, source = _cifar_tensors(data_dir, 10_240)
     rows = []
-    for name in models:
-        is_imagenet = create_model(name).stem_kind == "imagenet"
-        if is_imagenet:
-            n = max(3, steps // 4)
-            ours_fn = partial(synthetic_train, name, imagenet_batch, n, device, True, warmup=warmup)
-            base_fn = partial(
-                synthetic_train, name, imagenet_batch, n, device, False, warmup=warmup
+    with cudnn_autotune(cuda):  # fixed shapes: cuDNN finds the fastest kernels once
+        for name in models:
+            is_imagenet = create_model(name).stem_kind == "imagenet"
+            if is_imagenet:
+                n = max(3, steps // 4)
+                ours_fn = partial(
+                    synthetic_train, name, imagenet_batch, n, device, True, warmup=warmup
+                )
+                base_fn = partial(
+                    synthetic_train, name, imagenet_batch, n, device, False, warmup=warmup
+                )
+                row = {"model": name, "data": "synthetic 224x224", "batch_size": imagenet_batch}
+                infer = (imagenet_batch, n, 224)
+            else:
+                ours_fn = partial(
+                    reslab_cifar_train, name, images, labels, batch, steps, warmup, device,
+                    cuda_graph=graph,
+                )  # fmt: skip
+                base_fn = partial(
+                    baseline_cifar_train,
+                    name,
+                    images,
+                    labels,
+                    batch,
+                    steps,
+                    warmup,
+                    device,
+                    workers,
+                )
+                row = {"model": name, "data": source, "batch_size": batch}
+                infer = (500, max(3, steps // 4), 32)
+            graphed = graph and not is_imagenet
+            # inside the whole-step graph the model is compiled only when a mode is named explicitly
+            ours_mode = (compile if compile not in ("auto", "false") else None) if graphed else mode
+            ours, ours_mem = _measure(partial(ours_fn, compile=ours_mode), device)
+            base, base_mem = _measure(base_fn, device)
+            row.update(
+                compile=ours_mode or "off",
+                cuda_graph=("whole step" if cuda else "eager (no CUDA)") if graphed else "off",
+                images_per_s=ours,
+                baseline_images_per_s=base,
+                speedup=ours / base,
             )
-            row = {"model": name, "data": "synthetic 224x224", "batch_size": imagenet_batch}
-            infer = (imagenet_batch, n, 224)
-        else:
-            ours_fn = partial(
-                reslab_cifar_train, name, images, labels, batch, steps, warmup, device,
-                cuda_graph=graph,
-            )  # fmt: skip
-            base_fn = partial(
-                baseline_cifar_train, name, images, labels, batch, steps, warmup, device, workers
+            if graphed or ours_mode is not None:  # the same path without graphs or compilation
+                row["eager_images_per_s"] = (
+                    partial(ours_fn, cuda_graph=False) if graphed else ours_fn
+                )(compile=None)
+            if not is_imagenet:
+                row["paper_schedule_s"] = PAPER_IMAGES / ours
+                row["baseline_paper_schedule_s"] = PAPER_IMAGES / base
+            if cuda:
+                row["peak_memory_mb"], row["baseline_peak_memory_mb"] = ours_mem, base_mem
+            row["inference_images_per_s"] = inference(name, *infer[:2], device, True, infer[2])
+            row["baseline_inference_images_per_s"] = inference(
+                name, *infer[:2], device, False, infer[2]
             )
-            row = {"model": name, "data": source, "batch_size": batch}
-            infer = (500, max(3, steps // 4), 32)
-        graphed = graph and not is_imagenet
-        # inside the whole-step graph the model is compiled only when a mode is named explicitly
-        ours_mode = (compile if compile not in ("auto", "off") else None) if graphed else mode
-        ours, ours_mem = _measure(partial(ours_fn, compile=ours_mode), device)
-        base, base_mem = _measure(base_fn, device)
-        row.update(
-            compile=ours_mode or "off",
-            cuda_graph=("whole step" if cuda else "eager (no CUDA)") if graphed else "off",
-            images_per_s=ours,
-            baseline_images_per_s=base,
-            speedup=ours / base,
-        )
-        if graphed or ours_mode is not None:  # the same path without graphs or compilation
-            row["eager_images_per_s"] = (
-                partial(ours_fn, cuda_graph=False) if graphed else ours_fn
-            )(compile=None)
-        if not is_imagenet:
-            row["paper_schedule_s"] = PAPER_IMAGES / ours
-            row["baseline_paper_schedule_s"] = PAPER_IMAGES / base
-        if cuda:
-            row["peak_memory_mb"], row["baseline_peak_memory_mb"] = ours_mem, base_mem
-        row["inference_images_per_s"] = inference(name, *infer[:2], device, True, infer[2])
-        row["baseline_inference_images_per_s"] = inference(
-            name, *infer[:2], device, False, infer[2]
-        )
-        rows.append(row)
+            rows.append(row)
     return rows

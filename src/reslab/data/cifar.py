@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from reslab.data.paths import data_root
+from reslab.errors import DataError, MissingFileError
 
 CLASSES = (
     "airplane",
@@ -106,7 +107,7 @@ def _download(root: Path, timeout: float = 30.0) -> Path:
         with urllib.request.urlopen(URL, timeout=timeout) as response, open(fd, "wb") as out:
             shutil.copyfileobj(response, out)
         if _md5(Path(tmp)) != ARCHIVE_MD5:
-            raise OSError(f"downloaded {URL} but its md5 is not {ARCHIVE_MD5}")
+            raise OSError(f"downloaded {URL} but its md5 is not {ARCHIVE_MD5}")  # caught below
         target = root / ARCHIVE
         Path(tmp).replace(target)
         return target
@@ -120,7 +121,7 @@ def _extract(archive: Path, root: Path) -> None:
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(root, filter="data")
     except (tarfile.TarError, OSError) as err:
-        raise ValueError(f"{archive} is not a readable cifar-10-python.tar.gz ({err})") from None
+        raise DataError(f"{archive} is not a readable cifar-10-python.tar.gz ({err})") from None
 
 
 def cifar10_folder(data_dir: str | Path | None = None, download: bool = True) -> Path:
@@ -133,11 +134,11 @@ def cifar10_folder(data_dir: str | Path | None = None, download: bool = True) ->
     archive = root / ARCHIVE
     if not archive.is_file():
         if not download:
-            raise FileNotFoundError(_missing_message(root, missing, "download=False"))
+            raise MissingFileError(_missing_message(root, missing, "download=False"))
         try:
             archive = _download(root)
         except OSError as err:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 _missing_message(
                     root, missing, f"downloading it failed, is this machine offline? ({err})"
                 )
@@ -150,7 +151,7 @@ def _read_batch(path: Path, verify: bool) -> tuple[np.ndarray, np.ndarray]:
     if verify:
         digest = _md5(path)
         if digest not in MD5[path.name]:
-            raise ValueError(
+            raise DataError(
                 f"{path} has md5 {digest}, which is neither the official CIFAR-10 checksum nor the "
                 "known re-packaged one; the file is corrupt or not CIFAR-10 (pass verify=False to "
                 "load it anyway)"
@@ -188,7 +189,7 @@ def load_cifar10(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CIFAR-10 ``split`` as (uint8 images N x 3 x 32 x 32, int64 labels); see the module doc."""
     if split not in SPLITS:
-        raise ValueError(f"split={split!r} is invalid; valid choices: {', '.join(SPLITS)}")
+        raise DataError(f"split={split!r} is invalid; valid choices: {', '.join(SPLITS)}")
     folder = cifar10_folder(data_dir, download)
     files = TEST_FILES if split == "test" else TRAIN_FILES
     images, labels = _load_files(folder.resolve(), files, verify)

@@ -9,13 +9,17 @@ device, mean subtraction and AlexNet's PCA lighting noise. Testing: shorter side
 multi-scale testing with shorter sides {224, 256, 384, 480, 640} (see ``reslab.engine.multiview``).
 
 Images are decoded by ``torchvision.io`` in ``DataLoader`` workers; greyscale and CMYK JPEGs become
-RGB. A file that cannot be decoded raises :class:`CorruptImageError` naming it, or, with
-``on_error="skip"``, is left out of its batch and listed in the loader's ``skipped``.
+RGB. A file that cannot be decoded, or whose header announces more than :data:`MAX_PIXELS` pixels
+(decoding it would take gigabytes), raises :class:`CorruptImageError` naming it, or, with
+``on_error="skip"`` (the config's ``data.skip_corrupt``), is left out of its batch and listed in the
+loader's ``skipped``.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +28,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_image, read_file
+
+from reslab.errors import DataError, MissingFileError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -37,9 +43,12 @@ PCA_EIGVEC = (
 )
 MULTISCALE_SIZES = (224, 256, 384, 480, 640)
 ON_ERROR = ("raise", "skip")
+# The largest image decoded (PIL's own default limit, about 9459 x 9459): a 20000 x 20000 JPEG
+# would need 1.2 GB as uint8 before any resizing. Larger files are refused as corrupt.
+MAX_PIXELS = 89_478_485
 
 
-class CorruptImageError(RuntimeError):
+class CorruptImageError(DataError):
     """An image file that cannot be read or decoded; the message names the file."""
 
 
@@ -47,30 +56,50 @@ def scan_folder(root: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
     """Class names (sorted sub-folders) and (path, class index) for every image below ``root``."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"image folder {root} does not exist (expected one sub-folder per class)"
         )
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     if not classes:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{root} has no class sub-folders (expected <root>/<class>/<image>.JPEG)"
         )
-    samples = [
-        (path, index)
-        for index, name in enumerate(classes)
-        for path in sorted((root / name).rglob("*"))
-        if path.suffix.lower() in IMG_EXTENSIONS and path.is_file()
-    ]
-    if not samples:
-        raise FileNotFoundError(f"no {'/'.join(IMG_EXTENSIONS)} images found under {root}")
+    samples = []
+    for index, name in enumerate(classes):
+        found = [
+            (path, index)
+            for path in sorted((root / name).rglob("*"))
+            if path.suffix.lower() in IMG_EXTENSIONS and path.is_file()
+        ]
+        if not found:
+            raise DataError(
+                f"class folder {root / name} holds no {'/'.join(IMG_EXTENSIONS)} images; every "
+                f"sub-folder of {root} is a class: add images to it or remove it"
+            )
+        samples += found
     return classes, samples
 
 
 def decode(path: str | Path) -> torch.Tensor:
-    """An image file as uint8 RGB 3 x H x W; :class:`CorruptImageError` (naming it) otherwise."""
+    """An image file as uint8 RGB 3 x H x W; :class:`CorruptImageError` (naming it) for a file
+    that is no image, is damaged, or has more than :data:`MAX_PIXELS` pixels."""
+    from PIL import Image
+
     try:
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError, ValueError) as err:
+        data = read_file(str(path))
+        with Image.open(io.BytesIO(data.numpy().tobytes())) as header:  # reads the header only
+            width, height = header.size
+    except (RuntimeError, OSError, ValueError, Image.DecompressionBombError) as err:
+        raise CorruptImageError(f"cannot read image {path}: {str(err).splitlines()[0]}") from None
+    if width * height > MAX_PIXELS:
+        raise CorruptImageError(
+            f"image {path} is {width}x{height} ({width * height / 1e6:.0f} megapixels), above "
+            f"reslab's limit of {MAX_PIXELS / 1e6:.0f} megapixels "
+            "(reslab.data.imagefolder.MAX_PIXELS); downscale it"
+        )
+    try:
+        return decode_image(data, mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError) as err:
         raise CorruptImageError(f"cannot decode image {path}: {str(err).splitlines()[0]}") from None
 
 
@@ -331,13 +360,23 @@ class ImageFolderLoader:
 
 
 def imagenet_normalize(
-    mode: str = "channel", dataset: ImageFolder | None = None, limit: int = 10000
+    mode: str = "channel",
+    dataset: ImageFolder | None = None,
+    limit: int = 10000,
+    *,
+    resize: int = 256,
+    crop: int = 224,
+    workers: int = 0,
+    cache: str | Path | None = None,
 ) -> torch.nn.Module:
     """ImageNet input normalisation.
 
     ``"channel"``: the standard ImageNet per-channel mean and std. ``"pixel"`` (the paper): the
-    per-pixel mean of the centre 224 crops of up to ``limit`` images of the training ``dataset``
-    (std 1); at other input sizes the mean image is resized to match.
+    per-pixel mean of the centre ``crop`` crops (shorter side ``resize``) of up to ``limit`` images
+    of the training ``dataset``, spread over it (std 1); at other input sizes the mean image is
+    resized to match. The images are decoded by ``workers`` processes. With ``cache`` (a
+    ``.safetensors`` path) the mean is fitted once: the file records its inputs (folder, sizes,
+    limit and a digest of the file list) and is used again while they are unchanged.
     """
     from reslab.data.transforms import Normalize
 
@@ -351,9 +390,58 @@ def imagenet_normalize(
         raise ValueError(f"normalization={mode!r} is invalid; valid choices: channel, pixel")
     if dataset is None:
         raise ValueError("normalization='pixel' needs the training dataset to fit the mean image")
-    crop = CenterCrop()
-    total, n = torch.zeros(3, 224, 224, dtype=torch.float64), 0
-    for path, _ in dataset.samples[:: max(1, len(dataset.samples) // limit)][:limit]:
-        total += crop(decode(path)).double()
-        n += 1
-    return Normalize((total / n / 255)[None], torch.ones(1, 1, 1, 1), "pixel")
+    subset = copy.copy(dataset)
+    subset.samples = dataset.samples[:: max(1, len(dataset.samples) // limit)][:limit]
+    subset.transform = CenterCrop(resize, crop)
+    listing = "\n".join(str(p) for p, _ in subset.samples).encode()
+    inputs = {
+        "folder": str(dataset.root),
+        "resize": str(resize),
+        "crop": str(crop),
+        "limit": str(limit),
+        "images": str(len(subset.samples)),
+        "files_sha256": hashlib.sha256(listing).hexdigest(),
+    }
+    if cache is not None and Path(cache).is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(cache), framework="pt") as f:
+            if f.metadata() == inputs:
+                return Normalize(f.get_tensor("mean"), torch.ones(1, 1, 1, 1), "pixel")
+    total, n = torch.zeros(3, crop, crop, dtype=torch.float64), 0
+    loader = DataLoader(subset, batch_size=32, num_workers=workers, collate_fn=collate)
+    for images, _, _ in loader:
+        total, n = total + images.double().sum(0), n + len(images)
+    mean = (total / max(n, 1) / 255)[None].float()
+    if cache is not None:
+        from safetensors.torch import save
+
+        from reslab.engine.checkpoint import atomic_write
+
+        atomic_write(cache, save({"mean": mean.contiguous()}, metadata=inputs))
+    return Normalize(mean, torch.ones(1, 1, 1, 1), "pixel")
+
+
+def eval_loader(
+    root: str | Path,
+    views: str,
+    resize: int,
+    crop: int,
+    batch_size: int,
+    normalize: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    device: torch.device | str = "cpu",
+    limit: int = 0,
+    workers: int = 2,
+) -> ImageFolderLoader:
+    """Test batches of an image folder: ``views`` "center" (shorter side ``resize``, centre
+    ``crop``) or "tencrop" (N x 10 x C x H x W, ``batch_size`` counting views); at most ``limit``
+    images spread over the classes (0: all)."""
+    if views == "tencrop":
+        transform, batch_size = TenCrop(resize, crop), max(1, batch_size // 10)
+    else:
+        transform = CenterCrop(resize, crop)
+    dataset = ImageFolder(root, transform).strided(limit)
+    return ImageFolderLoader(
+        dataset, batch_size, normalize, train=False, workers=workers, device=device
+    )

@@ -25,7 +25,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from reslab.models import create_model
+from reslab.errors import ConfigError, ModelError
 from reslab.models.resnet import ResNet
 
 DESIGNS = ("c4", "fpn")
@@ -50,22 +50,20 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
 def imagenet_backbone(name: str, weights: str | Path | None = None) -> ResNet:
     """A reslab ImageNet-family model, with ``weights`` (a reslab ``model.safetensors``, a run
     directory, or a torchvision-layout state-dict file) or He-initialised when None."""
-    model = create_model(name)
+    from reslab.engine.weights import load_model
+
+    model = load_model(name, weights)
     if getattr(model, "stem_kind", "") != "imagenet":
-        raise ValueError(
+        raise ModelError(
             f"{name}: detection backbones are ImageNet-family models (resnet18..152, plain18/34)"
         )
-    if weights is not None:
-        from reslab.analysis.common import load_model
-
-        model = load_model(name, weights)
     return model
 
 
 def _freeze_stages(model: ResNet, frozen_stages: int) -> None:
     stages = [[model.conv1, model.bn1]] + [[getattr(model, s)] for s in model.stage_names]
     if not 0 <= frozen_stages <= len(stages):
-        raise ValueError(f"frozen_stages={frozen_stages} must be in [0, {len(stages)}]")
+        raise ConfigError(f"model.frozen_stages: {frozen_stages} must be in [0, {len(stages)}]")
     for modules in stages[:frozen_stages]:
         for m in modules:
             if m is not None:
@@ -145,7 +143,7 @@ def build_detector(
     if norm == "frozen":
         model = freeze_batchnorm(model)
     if model.bn1 is None or getattr(model, "final_bn", None) is not None:
-        raise ValueError(f"{backbone}: pre-activation models are not supported as backbones")
+        raise ModelError(f"{backbone}: pre-activation models are not supported as backbones")
     _freeze_stages(model, frozen_stages)
     common = {"min_size": min_size, "max_size": max_size, **kwargs}
     if design == "c4":

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torchvision.io import ImageReadMode, decode_image, read_file
 
+from reslab.errors import DataError, MissingFileError
+
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -31,13 +33,13 @@ VOC_CLASSES = (
 )  # fmt: skip
 
 
-class AnnotationError(ValueError):
+class AnnotationError(DataError):
     """A malformed annotation; the message names the image and the annotation."""
 
 
 def _read_image(path: Path) -> torch.Tensor:
     if not path.is_file():
-        raise FileNotFoundError(f"image {path} listed in the annotations does not exist")
+        raise MissingFileError(f"image {path} listed in the annotations does not exist")
     return decode_image(read_file(str(path)), mode=ImageReadMode.RGB).float() / 255
 
 
@@ -72,9 +74,9 @@ class CocoDetection(torch.utils.data.Dataset):
     ) -> None:
         self.image_dir, self.annotations = Path(image_dir), Path(annotations)
         if not self.annotations.is_file():
-            raise FileNotFoundError(f"annotation file {self.annotations} does not exist")
+            raise MissingFileError(f"annotation file {self.annotations} does not exist")
         if not self.image_dir.is_dir():
-            raise FileNotFoundError(f"image folder {self.image_dir} does not exist")
+            raise MissingFileError(f"image folder {self.image_dir} does not exist")
         data = json.loads(self.annotations.read_text())
         for key in ("images", "annotations", "categories"):
             if key not in data:
@@ -167,7 +169,7 @@ class VOCDetection(CocoDetection):
         root = Path(root)
         listing = root / "ImageSets" / "Main" / f"{split}.txt"
         if not listing.is_file():
-            raise FileNotFoundError(f"VOC split list {listing} does not exist")
+            raise MissingFileError(f"VOC split list {listing} does not exist")
         images, anns = [], []
         for image_id, name in enumerate(listing.read_text().split(), start=1):
             xml = root / "Annotations" / f"{name}.xml"

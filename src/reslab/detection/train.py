@@ -16,7 +16,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import yaml
@@ -24,13 +24,17 @@ from tqdm import tqdm
 
 from reslab.config import (
     ConfigError,
+    Count,
+    Device,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    Range,
     build_dataclass,
-    check_fields,
-    flatten_sections,
     read_config_data,
 )
 from reslab.data.paths import data_root
-from reslab.detection.backbones import DESIGNS, build_detector
+from reslab.detection.backbones import build_detector
 from reslab.detection.data import CocoDetection, VOCDetection, collate, training_target
 from reslab.detection.evaluate import coco_map, voc07_map
 from reslab.engine.checkpoint import (
@@ -45,23 +49,24 @@ from reslab.engine.logging import JsonlLogger, read_jsonl
 from reslab.engine.runtime import code_version, describe_device, resolve_device
 from reslab.engine.trainer import StopRequest
 from reslab.engine.weights import find_weights
+from reslab.errors import DataError, DivergedError
 
 
 @dataclass
 class DetModelConfig:
     backbone: str = "resnet50"  # any reslab ImageNet-family model
-    design: str = "fpn"  # "c4" (the paper) or "fpn"
+    design: Literal["c4", "fpn"] = "fpn"  # "c4" (the paper) or "fpn"
     weights: str | None = None  # ImageNet weights of the backbone (reslab or torchvision layout)
-    frozen_stages: int = 1  # stem (+ stages) without gradients
-    norm: str = "auto"  # "frozen", "batch", "auto" (frozen with weights)
-    min_size: list[int] = field(default_factory=lambda: [800])  # several: multi-scale training
-    max_size: int = 1333
-    test_size: int = 800
+    frozen_stages: Count = 1  # stem (+ stages) without gradients
+    norm: Literal["auto", "frozen", "batch"] = "auto"  # auto: frozen with weights, else batch
+    min_size: list[PositiveInt] = field(default_factory=lambda: [800])  # several: multi-scale
+    max_size: PositiveInt = 1333
+    test_size: PositiveInt = 800
 
 
 @dataclass
 class DetDataConfig:
-    format: str = "coco"  # "coco" (images + instances JSON) or "voc"
+    format: Literal["coco", "voc"] = "coco"  # images + instances JSON, or PASCAL VOC XML
     data_dir: str | None = None  # root the paths below are relative to (default: data root)
     train_images: str = "coco128/train2017"
     train_annotations: str = "coco128/annotations/instances_train2017.json"
@@ -70,31 +75,31 @@ class DetDataConfig:
     voc_root: str = "VOCdevkit/VOC2007"
     train_split: str = "trainval"
     val_split: str = "test"
-    workers: int = 2
-    val_limit: int = 0  # evaluate on the first N validation images (0: all)
+    workers: Count = 2
+    val_limit: Count = 0  # evaluate on the first N validation images (0: all)
 
 
 @dataclass
 class DetOptimConfig:
-    lr: float = 0.02  # for batch 16 (scaled linearly with train.batch_size)
-    momentum: float = 0.9
-    weight_decay: float = 1.0e-4
-    milestones: list[int] = field(default_factory=lambda: [60000, 80000])
-    gamma: float = 0.1
-    warmup_iterations: int = 500  # linear warm-up from lr/1000
-    clip_grad_norm: float = 0.0  # clip the gradient's global norm to this (0: off)
+    lr: PositiveFloat = 0.02  # for batch 16 (scaled linearly with train.batch_size)
+    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
+    weight_decay: NonNegativeFloat = 1.0e-4
+    milestones: list[PositiveInt] = field(default_factory=lambda: [60000, 80000])
+    gamma: Annotated[float, Range(0, 1, low_open=True)] = 0.1
+    warmup_iterations: Count = 500  # linear warm-up from lr/1000
+    clip_grad_norm: NonNegativeFloat = 0.0  # clip the gradient's global norm to this (0: off)
 
 
 @dataclass
 class DetTrainConfig:
-    iterations: int = 90000
-    batch_size: int = 2
-    seed: int = 0
-    device: str = "auto"
-    log_every: int = 20
-    eval_every: int = 0  # 0: at the end only
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
+    iterations: PositiveInt = 90000
+    batch_size: PositiveInt = 2
+    seed: Annotated[int, Range(0, 2**32 - 1)] = 0
+    device: Device = "auto"
+    log_every: PositiveInt = 20
+    eval_every: Count = 0  # 0: at the end only
+    checkpoint_every: PositiveInt = 500
+    keep_checkpoints: PositiveInt = 2
 
 
 @dataclass
@@ -108,29 +113,15 @@ class DetConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def check(self) -> None:
+        if not self.model.min_size:
+            raise ConfigError("model.min_size: give at least one shorter-side size")
+
 
 def load_det_config(
     name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()
 ) -> DetConfig:
-    cfg = build_dataclass(DetConfig, read_config_data(name_or_path, overrides))
-    check_fields(
-        flatten_sections(cfg),
-        {
-            "model.design": DESIGNS,
-            "model.norm": ("auto", "frozen", "batch"),
-            "data.format": ("coco", "voc"),
-            "train.device": ("auto", "cpu", "cuda"),
-        },
-        positive=(
-            "train.iterations",
-            "train.batch_size",
-            "train.log_every",
-            "train.checkpoint_every",
-        ),
-    )
-    if not cfg.model.min_size:
-        raise ConfigError("model.min_size: give at least one shorter-side size")
-    return cfg
+    return build_dataclass(DetConfig, read_config_data(name_or_path, overrides))
 
 
 def build_datasets(cfg: DetConfig) -> tuple[CocoDetection, CocoDetection]:
@@ -197,7 +188,7 @@ def fit_detector(cfg: DetConfig, run_dir: str | Path, *, progress: bool = True) 
     torch.manual_seed(cfg.train.seed)
     train_set, val_set = build_datasets(cfg)
     if len(train_set) < cfg.train.batch_size:
-        raise ValueError(
+        raise DataError(
             f"{len(train_set)} training images are fewer than one batch ({cfg.train.batch_size})"
         )
     model = make_model(cfg, len(train_set.classes)).to(device)
@@ -256,7 +247,7 @@ def fit_detector(cfg: DetConfig, run_dir: str | Path, *, progress: bool = True) 
                 loss = sum(losses.values())
                 if not torch.isfinite(loss):
                     parts = {k: round(v.item(), 4) for k, v in losses.items()}
-                    raise FloatingPointError(
+                    raise DivergedError(
                         f"iteration {it}: the loss is not finite ({parts}); lower optim.lr"
                     )
                 opt.zero_grad(set_to_none=True)
@@ -331,6 +322,57 @@ def load_detector(weights: str | Path) -> tuple[torch.nn.Module, DetConfig, list
     model = make_model(cfg, len(classes))
     model.load_state_dict(load_file(str(path)))
     return model, cfg, classes
+
+
+def evaluate_run(
+    weights: str | Path,
+    *,
+    data: str | None = None,
+    limit: int = 0,
+    draw_dir: str | Path | None = None,
+    draw: int = 8,
+    threshold: float = 0.5,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """``reslab detect eval``: COCO mAP (and VOC07 mAP for VOC data) of a trained detector on its
+    validation set (under ``data`` when given; the first ``limit`` images, 0: all); with
+    ``draw_dir``, PNGs of the first ``draw`` images with the boxes scoring >= ``threshold``."""
+    if limit < 0 or draw < 0:
+        raise ConfigError(f"--limit {limit} and --draw {draw} must be >= 0")
+    model, cfg, classes = load_detector(weights)
+    if data:
+        cfg.data.data_dir = data
+    cfg.data.val_limit = limit
+    _, val = build_datasets(cfg)
+    device = resolve_device(device)
+    model.to(device)
+    preds = predict(model, val, device, test_size=cfg.model.test_size, progress=True)
+    result = {**score(val, preds, cfg.data.format), "images": len(val), "weights": str(weights)}
+    if draw_dir:
+        for i in range(min(draw, len(val))):
+            image, target = val[i]
+            image_id = int(target["image_id"])
+            out = Path(draw_dir) / f"{image_id}.png"
+            visualize(image, preds[image_id], classes, out, threshold)
+        result["drawn"] = min(draw, len(val))
+    return result
+
+
+def describe(result: dict[str, Any]) -> str:
+    """One line about a training run's summary or an evaluation's result."""
+    if result.get("status") == "interrupted":
+        return f"interrupted at iteration {result['iteration']}; run the same command to resume"
+    if "status" in result:
+        return (
+            f"{result['name']}: {result['iterations']} iterations, mAP@[.5:.95] "
+            f"{result['val_map']:.3f}, mAP@.5 {result['val_map50']:.3f} on {result['device']}"
+        )
+    voc = f", VOC07 mAP {result['voc07_map']:.3f}" if "voc07_map" in result else ""
+    drawn = f"drew {result['drawn']} images; " if "drawn" in result else ""
+    return (
+        f"{drawn}mAP@[.5:.95] {result['map']:.3f}, mAP@.5 {result['map50']:.3f}{voc} on "
+        f"{result['images']} images"
+    )
 
 
 def plot_map_curve(run_dir: Path) -> Path | None:

@@ -1,14 +1,17 @@
-"""Training engine: paper optimiser and schedules, train/evaluate functions, checkpoints, logs."""
+"""Training engine: paper optimiser and schedules, the training step and loop, evaluation,
+checkpoints, weights files, logs."""
 
+from reslab.engine.evaluate import evaluate
 from reslab.engine.optim import PaperSGD, StepSchedule
-from reslab.engine.trainer import TrainState, evaluate, fit, train_one_epoch, train_step
+from reslab.engine.step import train_step
+from reslab.engine.trainer import EagerStep, TrainState, fit
 
 __all__ = [
+    "EagerStep",
     "PaperSGD",
     "StepSchedule",
     "TrainState",
     "evaluate",
     "fit",
-    "train_one_epoch",
     "train_step",
 ]

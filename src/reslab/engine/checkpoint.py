@@ -1,30 +1,35 @@
 """Complete, atomic checkpoints that load without executing code from the file.
 
-    uv run python -c "from reslab.engine.checkpoint import load_checkpoint; help(load_checkpoint)"
+    uv run python -c "from reslab.engine.checkpoint import latest_checkpoint; help(latest_checkpoint)"
 
 A checkpoint holds the model, optimiser and schedule states, the step counters, the RNG states of
-torch/numpy/python (and CUDA), the config and the code version. It is written to a temporary file in
-the same directory and renamed, so a crash never leaves a half-written checkpoint behind.
+torch/numpy/python (and CUDA), the config and the code version. Every file reslab writes goes to a
+temporary file in the same directory and is renamed over its target, so a crash never leaves a
+half-written file behind under the real name; a full disk is an error naming the file.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import pickle
 import random
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from reslab.errors import CheckpointError, MissingFileError, RunError
+
+__all__ = ["CheckpointError", "atomic_save", "atomic_write", "latest_checkpoint", "load_checkpoint"]
+
 CHECKPOINT_RE = re.compile(r"ckpt_(\d+)\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be loaded safely (corrupt, or not a plain-data checkpoint)."""
+TEMPORARY_GLOB = ".*.tmp"  # what atomic_write leaves while it writes
 
 
 def rng_state() -> dict[str, Any]:
@@ -53,27 +58,52 @@ def _as_tuples(x: Any) -> Any:
     return tuple(_as_tuples(v) for v in x) if isinstance(x, list | tuple) else x
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename over it."""
+def atomic_write(path: str | Path, data: bytes | memoryview) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, sync it, then rename it over ``path``.
+
+    A full disk (or a read-only or forbidden place) leaves ``path`` as it was and raises
+    :class:`RunError` naming the file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise _write_error(path, err) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise _write_error(path, err) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def _write_error(path: Path, err: OSError) -> Exception:
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+        return err
+    return RunError(
+        f"cannot write {path}: {os.strerror(err.errno)}; {path} was left as it was. Free space "
+        "there (or fix its permissions) and run the same command again"
+    )
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj)`` to ``path`` through :func:`atomic_write` (serialised in memory first,
+    so that a write error is the operating system's own)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``: tensors and plain data only, never code."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise MissingFileError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -82,8 +112,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"loading it would run code from the file ({str(err).splitlines()[0]}). Only load "
             "checkpoints you trust; reslab writes plain-data checkpoints."
         ) from None
-    except (RuntimeError, EOFError) as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(
+            f"cannot read checkpoint {path} (truncated or corrupt: {str(err).splitlines()[0]})"
+        ) from None
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:
@@ -95,7 +127,33 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def latest_checkpoint(directory: str | Path) -> tuple[dict[str, Any], Path] | None:
+    """The newest readable periodic checkpoint in ``directory`` and its path, or None.
+
+    A newest file that cannot be read (truncated by a crash outside reslab's atomic writes, or
+    damaged on disk) is skipped with a warning naming it, and the previous one is used; a file that
+    would run code is never skipped silently: it stops the run."""
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            return load_checkpoint(path), path
+        except CheckpointError as err:
+            if str(err).startswith("refusing"):
+                raise
+            warnings.warn(f"{err}; resuming from the previous checkpoint", stacklevel=2)
+    return None
+
+
 def prune_checkpoints(directory: str | Path, keep: int) -> None:
     """Delete all but the newest ``keep`` periodic checkpoints."""
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
+
+
+def remove_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the temporary files that a process killed while writing left in ``directory``
+    (call it only while holding the run's lock, so that no writer is active)."""
+    directory = Path(directory)
+    stale = sorted(directory.glob(TEMPORARY_GLOB)) if directory.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

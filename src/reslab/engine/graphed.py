@@ -10,26 +10,29 @@ indices, crop offsets, mirror flags; see :meth:`TensorLoader.epoch_tables`) by a
 itself advances, the learning rate is a device tensor, and the loss and error sums accumulate into a
 device window that the trainer reads every logging interval. Nothing crosses to the host per step.
 
-The step is the engine's :func:`~reslab.engine.trainer.train_step` with the same data, the same
-paper SGD (``v = m*v + lr*(g + wd*w)``, ``w -= v``) and the same autocast. The first ``warmup`` steps
-run eagerly through the same code (CUDA graphs need warmed-up cuDNN/cuBLAS handles); every later step
-is a replay. On a CPU (or with ``capture=False``) every step runs eagerly, which is how the tests
-check the arithmetic on machines without a GPU.
+The step body is :func:`~reslab.engine.step.train_step`, the very function the eager path runs (the
+same paper SGD, autocast and metric window), on the batch the graph gathers itself. The first
+``warmup`` steps run eagerly through the same code (CUDA graphs need warmed-up cuDNN/cuBLAS handles);
+every later step is a replay. On a CPU (or with ``capture=False``) every step runs eagerly, which is
+how the tests check the arithmetic on machines without a GPU.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from reslab.data.loaders import TensorLoader
 from reslab.data.transforms import crop_flip
-from reslab.engine.optim import PaperSGD, paper_sgd_update
+from reslab.engine.optim import PaperSGD
+from reslab.engine.step import train_step
 
 
 class GraphedStep:
     """Training steps of ``model`` on ``loader``'s epochs, replayed from one CUDA graph.
+
+    Used like :class:`~reslab.engine.trainer.EagerStep`: ``start_epoch(epoch, start)``, then one
+    call per step with its learning rate.
 
     Args:
         model: the module to train (eager; in training mode).
@@ -75,8 +78,6 @@ class GraphedStep:
             raise ValueError(f"CUDA graphs need a CUDA device, not {device}")
         self.warmup = warmup
         group = optimizer.param_groups[0]
-        self.params = [p for p in group["params"] if p.requires_grad]
-        self.momentum, self.weight_decay = group["momentum"], group["weight_decay"]
         self.lr = torch.tensor(float(group["lr"]), device=device)
         self._lr_value = float(group["lr"])
         # the epoch tables the graph reads, and the batch counter it advances (fixed addresses)
@@ -89,31 +90,25 @@ class GraphedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.eager_steps = 0
 
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __call__(self, lr: float) -> None:
+        self.set_lr(lr)
+        self.step()
+
     def _body(self) -> None:
-        """One step, written without host synchronisation so that it can be captured."""
-        loader = self.loader
-        row = self.batch
+        """The batch picked by the step counter, then :func:`train_step`; no host
+        synchronisation, so that it can be captured."""
+        loader, row = self.loader, self.batch
         idx = self.order.index_select(0, row).view(-1)
         oy, ox, mirror = (t.index_select(0, row).view(-1) for t in (self.oy, self.ox, self.mirror))
         images = loader.normalize(crop_flip(loader.images[idx], oy, ox, mirror, pad=loader.pad))
         labels = loader.labels[idx]
-        enabled = self.precision == "bf16"
-        # autocast's weight cache must be off while capturing (the cached casts would be freed)
-        with torch.autocast(
-            images.device.type, dtype=torch.bfloat16, enabled=enabled, cache_enabled=False
-        ):
-            logits = self.forward(images)
-            loss = F.cross_entropy(logits.float(), labels)
-        errors = (logits.detach().argmax(1) != labels).sum()
-        loss.backward()
-        with torch.no_grad():
-            grads = [p.grad for p in self.params]
-            bufs = self.optimizer.momentum_buffers(self.params)
-            paper_sgd_update(self.params, grads, bufs, self.lr, self.momentum, self.weight_decay)
-            self.window[0] += loss.detach() * len(labels)
-            self.window[1] += errors
-            self.window[2] += len(labels)
-            self.batch += 1
+        train_step(
+            self.forward, self.optimizer, images, labels, self.precision, self.lr, self.window
+        )
+        self.batch += 1
 
     def start_epoch(self, epoch: int, start: int = 0) -> None:
         """Load epoch ``epoch``'s tables; the next step is its batch ``start``."""

@@ -65,6 +65,22 @@ class JsonlLogger:
             self._tb = None
 
 
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (strict JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def json_bytes(record: dict[str, Any]) -> bytes:
+    """``record`` as indented, strictly valid JSON (non-finite numbers become null)."""
+    return (json.dumps(finite(record), indent=2, allow_nan=False) + "\n").encode()
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """All records of a JSONL file (a torn last line, from a crash, is ignored)."""
     records = []

@@ -32,7 +32,9 @@ class PaperSGD(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> None:
+    def step(self, closure: Any = None, *, lr: float | torch.Tensor | None = None) -> None:
+        """Update every parameter that has a gradient; ``lr`` (a float or a device tensor)
+        replaces the groups' learning rates for this step."""
         if closure is not None:
             raise ValueError("PaperSGD does not take a closure")
         for group in self.param_groups:
@@ -43,7 +45,7 @@ class PaperSGD(torch.optim.Optimizer):
                 params,
                 [p.grad for p in params],
                 self.momentum_buffers(params),
-                group["lr"],
+                group["lr"] if lr is None else lr,
                 group["momentum"],
                 group["weight_decay"],
             )

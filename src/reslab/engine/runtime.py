@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 import reslab
+from reslab.errors import ConfigError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -21,7 +22,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
+        raise ConfigError(
             "device 'cuda' requested but no CUDA device is available; use --device cpu"
         )
     return torch.device(name)
@@ -67,11 +68,6 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def configure_cpu() -> None:
-    """Flush denormals (they slow CPU kernels and do not change these networks' results)."""
-    torch.set_flush_denormal(True)
-
-
 def compile_mode(compile: bool | str, mode: str, device: torch.device) -> str | None:
     """The ``torch.compile`` mode a run uses, or None for eager.
 
@@ -87,6 +83,13 @@ def compile_mode(compile: bool | str, mode: str, device: torch.device) -> str | 
     return mode
 
 
-def configure_cuda() -> None:
-    """cuDNN autotuning: training's input shapes are fixed, so the fastest kernels are found once."""
-    torch.backends.cudnn.benchmark = True
+@contextlib.contextmanager
+def cudnn_autotune(enabled: bool = True):
+    """cuDNN autotuning within the context (training's input shapes are fixed, so the fastest
+    kernels are found once); the process's setting is restored afterwards."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled or previous
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous

@@ -1,4 +1,4 @@
-"""Training and evaluation: plain functions, and ``fit`` which runs a whole config resumably.
+"""Training: ``fit`` runs a config in a run directory, resumably; its loop reads top to bottom.
 
     uv run reslab train cifar10/resnet20 --set train.iterations=400 --out runs/try
 
@@ -6,7 +6,9 @@ A run directory holds ``config.yaml`` (resolved), ``metrics.jsonl`` (one JSON li
 interval and evaluation), ``checkpoints/`` (the last k periodic ones and ``final.pt``),
 ``summary.json`` and ``model.safetensors``. Running the same command again resumes from the newest
 checkpoint and ends with the same weights as an uninterrupted run; SIGINT/SIGTERM save a checkpoint
-and stop cleanly.
+and stop cleanly. A run whose loss or weights stop being finite stops within one logging interval,
+with its last good checkpoint kept and no final weights written (:mod:`reslab.engine.rundir` has
+the rules for resuming, restarting and locking a run directory).
 """
 
 from __future__ import annotations
@@ -18,14 +20,12 @@ import random
 import resource
 import signal
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from torch import nn
 from tqdm import tqdm
@@ -34,11 +34,10 @@ from reslab.config import Config
 from reslab.data.cifar import CLASSES as CIFAR10_CLASSES
 from reslab.data.cifar import load_cifar10
 from reslab.data.imagefolder import (
-    CenterCrop,
     ImageFolder,
     ImageFolderLoader,
     ScaleAugment,
-    TenCrop,
+    eval_loader,
     imagenet_normalize,
 )
 from reslab.data.loaders import TensorLoader
@@ -47,25 +46,26 @@ from reslab.data.transforms import Normalize
 from reslab.engine import distributed
 from reslab.engine.checkpoint import (
     atomic_save,
-    list_checkpoints,
-    load_checkpoint,
+    atomic_write,
     prune_checkpoints,
+    remove_temporaries,
     rng_state,
     set_rng_state,
 )
-from reslab.engine.graphed import GraphedStep
-from reslab.engine.logging import JsonlLogger
-from reslab.engine.multiview import view_probs
-from reslab.engine.optim import PaperSGD, StepSchedule, build_schedule, set_lr
+from reslab.engine.evaluate import evaluate
+from reslab.engine.logging import JsonlLogger, json_bytes
+from reslab.engine.optim import PaperSGD, build_schedule, set_lr
+from reslab.engine.rundir import RunLock, finished_summary, resume_point, start_over
 from reslab.engine.runtime import (
-    autocast,
     code_version,
     compile_mode,
-    configure_cpu,
-    configure_cuda,
+    cudnn_autotune,
     describe_device,
     resolve_device,
 )
+from reslab.engine.step import train_step
+from reslab.engine.weights import save_weights
+from reslab.errors import ConfigError, DataError, DivergedError, MissingFileError
 from reslab.models import create_model
 
 
@@ -78,6 +78,65 @@ class TrainState:
     position: int = 0  # batches of the current epoch already used
     train_time_s: float = 0.0  # seconds spent in training steps (all sessions)
     wall_time_s: float = 0.0  # seconds of the whole run, evaluation included (all sessions)
+
+    def advance(self, batches_per_epoch: int) -> bool:
+        """Count one step; True when it used up the epoch (the state then points at the next)."""
+        self.iteration, self.position = self.iteration + 1, self.position + 1
+        if self.position < batches_per_epoch:
+            return False
+        self.epoch, self.position = self.epoch + 1, 0
+        return True
+
+
+@dataclass
+class Meter:
+    """The current logging window and this session's clock.
+
+    ``window`` holds ``[loss sum, errors, images]`` on the training device (the steps add to it
+    without a host synchronisation); :meth:`read` sums it over processes and empties it. The clock
+    counts only training steps: evaluation and checkpointing happen between :meth:`tick` and
+    :meth:`resume`.
+    """
+
+    window: torch.Tensor
+    train_s: float = 0.0  # this session's seconds in training steps
+    images: int = 0  # images this process trained on in this session
+    first_window: tuple[float, int] | None = None  # (seconds, images): compilation, autotuning
+    last: dict[str, float] = field(default_factory=dict)  # the last window's loss and error
+    _since: float = field(default_factory=time.perf_counter)
+
+    def tick(self, state: TrainState) -> None:
+        """Add the training time since the last tick (or resume) to the clocks."""
+        if self.window.is_cuda:
+            torch.cuda.synchronize(self.window.device)
+        now = time.perf_counter()
+        self.train_s += now - self._since
+        state.train_time_s += now - self._since
+        self._since = now
+
+    def resume(self) -> None:
+        """Training starts again now (after an evaluation or a checkpoint)."""
+        self._since = time.perf_counter()
+
+    def read(self, info: distributed.DistInfo) -> tuple[float, float]:
+        """(mean loss, error in percent) of the window over all processes; the window empties."""
+        loss_sum, errors, n = distributed.all_reduce_sum(self.window, info).tolist()
+        self.window.zero_()
+        if self.first_window is None:
+            self.first_window = (self.train_s, info.world_size * self.images)
+        self.last = {"train_loss": loss_sum / n, "train_error": 100 * errors / n}
+        return self.last["train_loss"], self.last["train_error"]
+
+    def steady(self, world_size: int) -> dict[str, float]:
+        """This session's throughput after its first window, and how long that window took."""
+        if self.first_window is None or self.train_s <= self.first_window[0]:
+            return {}
+        first_s, first_images = self.first_window
+        images = world_size * self.images - first_images
+        return {
+            "session_first_window_s": round(first_s, 2),
+            "session_steady_images_per_s": round(images / (self.train_s - first_s), 1),
+        }
 
 
 def seed_everything(seed: int) -> None:
@@ -129,161 +188,67 @@ def build_cifar(cfg: Config, device: torch.device, shard: tuple[int, int] = (0, 
 
 
 def build_imagefolder(
-    cfg: Config, device: torch.device, shard: tuple[int, int] = (0, 1)
+    cfg: Config, device: torch.device, shard: tuple[int, int] = (0, 1), run_dir: Path | None = None
 ) -> DataBundle:
     """Image-folder loaders: scale augmentation + lighting for training, centre crops for periodic
-    evaluation and ``data.test_views`` (10-crop by default) for the final test."""
-    d = cfg.data
+    evaluation and ``data.test_views`` (10-crop by default) for the final test. The per-pixel mean
+    is fitted once and kept in ``run_dir``."""
+    d, t = cfg.data, cfg.train
     root = data_root(d.data_dir)
-    train_set = ImageFolder(root / d.train_dir, ScaleAugment(d.scale[0], d.scale[1], d.crop))
-    normalize = imagenet_normalize(d.normalization, train_set).to(device)
-
-    def eval_loader(transform, batch: int) -> ImageFolderLoader:
-        dataset = ImageFolder(root / d.eval_dir, transform).strided(d.eval_limit)
-        if dataset.classes != train_set.classes:
-            raise ValueError(
-                f"{root / d.eval_dir} and {root / d.train_dir} have different class folders"
-            )
-        return ImageFolderLoader(
-            dataset, batch, normalize, train=False, workers=d.workers, device=device
+    on_error = "skip" if d.skip_corrupt else "raise"
+    train_set = ImageFolder(root / d.train_dir, ScaleAugment(*d.scale, d.crop), on_error)
+    cache = run_dir / "pixel_mean.safetensors" if run_dir is not None else None
+    normalize = imagenet_normalize(
+        d.normalization, train_set, resize=d.scale[0], crop=d.crop, workers=d.workers, cache=cache
+    ).to(device)
+    if ImageFolder(root / d.eval_dir).classes != train_set.classes:
+        raise DataError(
+            f"{root / d.eval_dir} and {root / d.train_dir} have different class folders"
         )
 
+    def test(views: str) -> ImageFolderLoader:
+        return eval_loader(
+            root / d.eval_dir, views, d.scale[0], d.crop, t.eval_batch_size, normalize,
+            device=device, limit=d.eval_limit, workers=d.workers,
+        )  # fmt: skip
+
     train = ImageFolderLoader(
-        train_set,
-        cfg.train.batch_size,
-        normalize,
-        train=True,
-        lighting=d.lighting,
-        workers=d.workers,
-        seed=cfg.train.seed,
-        device=device,
-        shard=shard,
-    )
-    center = eval_loader(CenterCrop(d.scale[0], d.crop), cfg.train.eval_batch_size)
-    final = (
-        center
-        if d.test_views == "center"
-        else eval_loader(TenCrop(d.scale[0], d.crop), max(1, cfg.train.eval_batch_size // 10))
-    )
-    return DataBundle(train, center, final, normalize, train_set.classes)
+        train_set, t.batch_size, normalize, train=True, lighting=d.lighting, workers=d.workers,
+        seed=t.seed, device=device, shard=shard,
+    )  # fmt: skip
+    center = test("center")
+    return DataBundle(train, center, test(d.test_views), normalize, train_set.classes)
 
 
-def build_data(cfg: Config, device: torch.device, shard: tuple[int, int] = (0, 1)) -> DataBundle:
-    return (build_imagefolder if cfg.data.dataset == "imagefolder" else build_cifar)(
-        cfg, device, shard
-    )
+class EagerStep:
+    """Training steps run kernel by kernel from Python: any device, DDP, ``torch.compile``.
 
-
-def train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    precision: str = "bf16",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step; returns the summed loss and the number of top-1 errors (device tensors)."""
-    if images.is_cuda:  # a new step for CUDA graphs (torch.compile "reduce-overhead")
-        torch.compiler.cudagraph_mark_step_begin()
-    with autocast(images.device, precision):
-        logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels)
-    errors = (logits.detach().argmax(1) != labels).sum()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach() * len(labels), errors
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: TensorLoader | Iterator, precision: str = "fp32"
-) -> dict[str, float]:
-    """Top-1 / top-5 error (percent) and mean loss of ``model`` in eval mode, without gradients.
-
-    Batches of N x K x C x H x W views (10-crop) are scored by their softmax averaged over the views.
+    Like :class:`~reslab.engine.graphed.GraphedStep`: ``start_epoch(epoch, start)``, then one call
+    per step with its learning rate; the step adds its loss and errors to ``window``.
     """
-    was_training = model.training
-    model.eval()
-    loss = top1 = top5 = n = 0
-    try:
-        for images, labels in loader:
-            with autocast(images.device, precision):
-                if images.dim() == 5:  # N x K views: softmax averaged over the views
-                    probs = view_probs(model, images)
-                    logits = probs.clamp_min(1e-12).log()
-                else:
-                    logits = model(images).float()
-            loss += F.cross_entropy(logits, labels, reduction="sum").item()
-            k = min(5, logits.shape[1])
-            topk = logits.topk(k, dim=1).indices
-            top1 += (topk[:, 0] != labels).sum().item()
-            top5 += (~(topk == labels[:, None]).any(1)).sum().item()
-            n += len(labels)
-    finally:
-        model.train(was_training)
-    if n == 0:
-        raise ValueError("evaluate() got an empty loader")
-    return {"error": 100 * top1 / n, "top5_error": 100 * top5 / n, "loss": loss / n, "images": n}
+
+    def __init__(self, model, optimizer: PaperSGD, loader, window: torch.Tensor, precision: str):
+        self.model, self.optimizer, self.loader = model, optimizer, loader
+        self.window, self.precision = window, precision
+        self._batches = iter(())
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def start_epoch(self, epoch: int, start: int = 0) -> None:
+        self._batches = self.loader.batches(epoch, start)
+
+    def __call__(self, lr: float) -> None:
+        set_lr(self.optimizer, lr)  # checkpoints and logs read it there
+        images, labels = next(self._batches)
+        if images.is_cuda:  # a new step for CUDA graphs (torch.compile "reduce-overhead")
+            torch.compiler.cudagraph_mark_step_begin()
+        self.optimizer.zero_grad(set_to_none=True)
+        train_step(self.model, self.optimizer, images, labels, self.precision, lr, self.window)
 
 
-def train_one_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loader: TensorLoader,
-    schedule: StepSchedule,
-    state: TrainState,
-    *,
-    until: int,
-    precision: str = "bf16",
-    step_fn: Callable | None = None,
-    on_step: Callable[[torch.Tensor, torch.Tensor, int], bool] | None = None,
-) -> bool:
-    """Train from ``state`` to the end of its epoch or to iteration ``until``, whichever is first.
-
-    ``step_fn`` defaults to :func:`train_step`; ``on_step(loss_sum, errors, batch)`` runs after every
-    step and may return True to stop early. Returns True when the epoch was finished (``state`` then
-    points at the next epoch).
-    """
-    step_fn = step_fn or train_step
-    model.train()
-    for images, labels in loader.batches(state.epoch, state.position):
-        set_lr(optimizer, schedule.lr(state.iteration))
-        loss_sum, errors = step_fn(model, optimizer, images, labels, precision)
-        state.iteration += 1
-        state.position += 1
-        stop = on_step(loss_sum, errors, len(labels)) if on_step is not None else False
-        if stop or state.iteration >= until:
-            if state.position < len(loader):
-                return False
-            break
-    state.epoch, state.position = state.epoch + 1, 0
-    return True
-
-
-def train_one_epoch_graphed(
-    step: GraphedStep,
-    schedule: StepSchedule,
-    state: TrainState,
-    *,
-    until: int,
-    on_step: Callable[[torch.Tensor | None, torch.Tensor | None, int], bool] | None = None,
-) -> bool:
-    """:func:`train_one_epoch` with the whole step replayed from a CUDA graph (:mod:`graphed`);
-    the step adds its loss and errors to the window itself, so ``on_step`` gets None for them."""
-    batches, size = len(step.loader), step.loader.batch_size
-    step.start_epoch(state.epoch, state.position)
-    while state.position < batches:
-        step.set_lr(schedule.lr(state.iteration))
-        step.step()
-        state.iteration += 1
-        state.position += 1
-        stop = on_step(None, None, size) if on_step is not None else False
-        if stop or state.iteration >= until:
-            if state.position < batches:
-                return False
-            break
-    state.epoch, state.position = state.epoch + 1, 0
-    return True
+def _compile_mode(cfg: Config, device: torch.device) -> str | None:
+    return compile_mode(cfg.train.compile, cfg.train.compile_mode, device)
 
 
 def use_cuda_graph(cfg: Config, info: distributed.DistInfo, device: torch.device) -> bool:
@@ -295,12 +260,12 @@ def use_cuda_graph(cfg: Config, info: distributed.DistInfo, device: torch.device
     if t.cuda_graph == "auto":
         return possible and device.type == "cuda" and t.compile == "auto"
     if t.cuda_graph and not possible:
-        raise ValueError(
+        raise ConfigError(
             "train.cuda_graph=true needs one process and CIFAR data "
             f"({info.world_size} processes, dataset {cfg.data.dataset}); set train.cuda_graph=auto"
         )
     if t.cuda_graph and t.compile is True and t.compile_mode == "reduce-overhead":
-        raise ValueError(
+        raise ConfigError(
             "train.cuda_graph=true captures the whole step already; compile inside it with "
             "train.compile_mode=default or max-autotune, not reduce-overhead"
         )
@@ -314,6 +279,34 @@ def graph_compile_mode(cfg: Config, device: torch.device) -> str | None:
         return None
     mode = _compile_mode(cfg, device)
     return "default" if mode == "reduce-overhead" else mode
+
+
+def make_step(cfg, core, optimizer, loader, window, info, device):
+    """The run's training step, chosen once: the whole step as one CUDA graph where that applies,
+    else eager (wrapped for DDP under torchrun, compiled where ``train.compile`` says so).
+    Returns (step, description for the summary)."""
+    if use_cuda_graph(cfg, info, device):
+        from reslab.engine.graphed import GraphedStep
+
+        mode = graph_compile_mode(cfg, device)
+        step = GraphedStep(core, optimizer, loader, window, cfg.train.precision, compile_mode=mode)
+        return step, {
+            "compile": mode or "off",
+            "cuda_graph": "whole step" if step.capture else "eager",
+        }
+    model = core
+    if info.enabled:
+        if cfg.train.sync_bn:
+            if device.type != "cuda":
+                raise ConfigError("train.sync_bn=true needs CUDA devices (no SyncBatchNorm on CPU)")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(core)
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    mode = _compile_mode(cfg, device)
+    if mode is not None:
+        model = torch.compile(model, mode=mode, dynamic=False)  # training shapes are fixed
+    step = EagerStep(model, optimizer, loader, window, cfg.train.precision)
+    return step, {"compile": mode or "off", "cuda_graph": "off"}
 
 
 class StopRequest:
@@ -337,300 +330,280 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+def fit(
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    restart: bool = False,
+    require_checkpoint: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``cfg`` in ``run_dir`` and return the summary (see the module doc).
+
+    The newest checkpoint is resumed; a run directory of another config is refused, naming the
+    keys that differ, unless ``restart`` deletes its outputs first; a finished run of the same
+    config returns its summary. Under torchrun with several processes the run is data-parallel
+    (:mod:`reslab.engine.distributed`).
+    """
+    run_dir = Path(run_dir)
+    info, device = distributed.setup(resolve_device(cfg.train.device))
+    try:
+        with RunLock(run_dir, enabled=info.is_main), cudnn_autotune(device.type == "cuda"):
+            if restart and info.is_main:
+                start_over(run_dir)
+            distributed.barrier(info)  # the other processes read the directory after rank 0
+            summary = finished_summary(cfg, run_dir)
+            if summary is not None:
+                return summary
+            resumed = resume_point(cfg, run_dir)
+            if resumed is None and require_checkpoint:
+                raise MissingFileError(f"{run_dir / 'checkpoints'} holds no checkpoint to resume")
+            return _train(cfg, run_dir, info, device, resumed, progress)
+    finally:
+        distributed.cleanup()
+
+
+def _train(
+    cfg: Config,
+    run_dir: Path,
+    info: distributed.DistInfo,
+    device: torch.device,
+    resumed: tuple[dict[str, Any], Path] | None,
+    progress: bool,
+) -> dict[str, Any]:
+    t, version = cfg.train, code_version()  # the code this session runs (the checkout may move)
+    if info.is_main:
+        for folder in (run_dir, run_dir / "checkpoints"):
+            remove_temporaries(folder)  # left by a process killed while writing (we hold the lock)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    seed_everything(t.seed)
+    core = build_model(cfg, device)
+    optimizer = PaperSGD(
+        core.parameters(), cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay
+    )
+    schedule = build_schedule(cfg.optim)
+    shard = (info.rank, info.world_size)
+    if cfg.data.dataset == "imagefolder":
+        data = build_imagefolder(cfg, device, shard, run_dir)
+    else:
+        data = build_cifar(cfg, device, shard)
+    meter = Meter(torch.zeros(3, device=device, dtype=torch.float64))
+    state = TrainState()
+    if resumed is not None:
+        ckpt, _ = resumed
+        core.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        schedule.load_state_dict(ckpt["schedule"])
+        state = TrainState(**ckpt["state"])
+        if info.is_main:  # the saved window already holds the sum over processes
+            meter.window.copy_(ckpt["window"])
+        set_rng_state(ckpt["rng"])
+    step, step_kind = make_step(cfg, core, optimizer, data.train, meter.window, info, device)
+    tb_dir = run_dir / "tensorboard" if t.tensorboard else None
+    logger = JsonlLogger(run_dir / "metrics.jsonl", enabled=info.is_main, tensorboard_dir=tb_dir)
+    logger.truncate_after(state.iteration if resumed else -1)
+    if resumed:
+        logger.log(event="resume", iteration=state.iteration, code_version=version)
+    run = _Run(cfg, run_dir, info, core, optimizer, schedule, state, meter, logger, version)
+    bar = tqdm(
+        total=t.iterations, initial=state.iteration, unit="it", desc=cfg.name or cfg.model.name,
+        disable=not (progress and info.is_main), dynamic_ncols=True, mininterval=1.0,
+    )  # fmt: skip
+    session_start, wall_base = time.perf_counter(), state.wall_time_s
+    per_process = t.batch_size // info.world_size
+    try:
+        core.train()
+        step.start_epoch(state.epoch, state.position)
+        meter.resume()
+        with StopRequest() as stop:
+            while state.iteration < t.iterations:
+                step(schedule.lr(state.iteration))
+                if state.advance(len(step)):
+                    step.start_epoch(state.epoch)
+                meter.images += per_process
+                bar.update(1)
+                it, last = state.iteration, state.iteration == t.iterations
+
+                logged = it % t.log_every == 0 or last
+                if logged:  # also where divergence and the warm-up's end are noticed
+                    meter.tick(state)
+                    run.log_window(bar)
+                if t.eval_every and it % t.eval_every == 0 and not last:
+                    meter.tick(state)
+                    run.evaluate(data.eval)
+                    meter.resume()
+                if it % t.checkpoint_every == 0 and not last:
+                    meter.tick(state)
+                    state.wall_time_s = wall_base + time.perf_counter() - session_start
+                    run.save(f"ckpt_{it:07d}.pt")
+                    meter.resume()
+                # SIGINT/SIGTERM stop after this step; under DDP the processes agree on it at
+                # logging steps (a collective every step would cost a host synchronisation)
+                if (logged and run.anyone_stopping(stop)) if info.enabled else stop.requested:
+                    break
+        meter.tick(state)
+        state.wall_time_s = wall_base + time.perf_counter() - session_start
+        if state.iteration < t.iterations:
+            path = run.save(f"ckpt_{state.iteration:07d}.pt")
+            logger.log(event="interrupted", iteration=state.iteration)
+            return {"status": "interrupted", "iteration": state.iteration, "checkpoint": str(path)}
+        views = cfg.data.test_views if cfg.data.dataset == "imagefolder" else ""
+        result = run.evaluate(data.final, views)
+        state.wall_time_s = wall_base + time.perf_counter() - session_start
+        run.save("final.pt")
+        if not info.is_main:
+            return {"status": "finished", "rank": info.rank}
+        meta = _metadata(cfg, core, data, version)
+        save_weights(core, run_dir / "model.safetensors", cfg.model.name, **meta)
+        summary = _summary(cfg, state, meter, result, info, device, step_kind, schedule, version)
+        if cfg.data.dataset == "imagefolder":
+            summary["skipped_images"] = data.train.skipped  # data.skip_corrupt: left out, listed
+        atomic_write(run_dir / "summary.json", json_bytes(summary))
+        return summary
+    finally:
+        bar.close()
+        logger.close()
+
+
+@dataclass
+class _Run:
+    """What the loop's logging, evaluation and checkpoint blocks share."""
+
+    cfg: Config
+    run_dir: Path
+    info: distributed.DistInfo
+    core: nn.Module
+    optimizer: PaperSGD
+    schedule: Any
+    state: TrainState
+    meter: Meter
+    logger: JsonlLogger
+    version: str
+
+    def log_window(self, bar: tqdm) -> None:
+        """Log the window's loss and error; stop a run whose loss is no longer finite; end the
+        warm-up when the training error falls below its threshold."""
+        state, lr = self.state, self.optimizer.param_groups[0]["lr"]
+        loss, err = self.meter.read(self.info)
+        images = self.info.world_size * self.meter.images
+        self.logger.log(
+            iteration=state.iteration, epoch=state.epoch, lr=lr, train_loss=loss, train_error=err,
+            images_per_s=images / self.meter.train_s if self.meter.train_s > 0 else float("nan"),
+            peak_memory_mb=_peak_memory_mb(self.meter.window.device),
+        )  # fmt: skip
+        if not np.isfinite(loss):
+            self._diverged(
+                f"the training loss of the last {self.cfg.train.log_every} steps is {loss}"
+            )
+        bar.set_postfix(loss=f"{loss:.3f}", err=f"{err:.1f}%", lr=f"{lr:g}")
+        if self.schedule.observe_train_error(err, state.iteration):  # the same in every process
+            new_lr = self.schedule.lr(state.iteration)
+            self.logger.log(
+                event="warmup_end", iteration=state.iteration, train_error=err, lr=new_lr
+            )
+            if self.info.is_main:
+                bar.write(
+                    f"iteration {state.iteration}: training error {err:.1f}% < "
+                    f"{self.cfg.optim.warmup_until_error}%, lr -> {new_lr:g}"
+                )
+
+    def evaluate(self, loader: Any, views: str = "") -> dict[str, float] | None:
+        """Rank 0 evaluates; the error reaches every process (the plateau rule needs it)."""
+        result, device = None, self.meter.window.device
+        shared = torch.zeros(1, device=device, dtype=torch.float64)
+        if self.info.is_main:
+            result = evaluate(self.core, loader)
+            shared += result["error"]
+            self.logger.log(
+                iteration=self.state.iteration, test_error=result["error"],
+                test_top5_error=result["top5_error"], test_loss=result["loss"],
+                **({"test_views": views} if views else {}),
+            )  # fmt: skip
+        error = distributed.all_reduce_sum(shared, self.info).item()
+        if self.schedule.observe_eval_error(error, self.state.iteration):
+            lr = self.schedule.lr(self.state.iteration)
+            self.logger.log(event="lr_drop", iteration=self.state.iteration, lr=lr)
+        return result
+
+    def save(self, name: str) -> Path | None:
+        """A complete checkpoint (every process calls it: the window is summed over them; rank 0
+        writes). Non-finite weights or losses are never saved: the run stops instead."""
+        distributed.all_reduce_sum(self.meter.window, self.info)
+        if not bool(torch.isfinite(self.meter.window).all()):
+            self._diverged(f"the training loss since iteration {self._last_log()} is not finite")
+        bad = next((n for n, p in self.core.state_dict().items() if not p.isfinite().all()), None)
+        if bad is not None:
+            self._diverged(f"the weights are no longer finite ({bad})")
+        if not self.info.is_main:
+            self.meter.window.zero_()
+            return None
+        payload = {
+            "model": self.core.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "state": asdict(self.state),
+            "window": self.meter.window.cpu(),
+            "rng": rng_state(),
+            "config": self.cfg.to_dict(),
+            "code_version": self.version,
+            "world_size": self.info.world_size,
+        }
+        checkpoints = self.run_dir / "checkpoints"
+        path = atomic_save(payload, checkpoints / name)
+        prune_checkpoints(checkpoints, self.cfg.train.keep_checkpoints)
+        return path
+
+    def anyone_stopping(self, stop: StopRequest) -> bool:
+        return distributed.any_process(stop.requested, self.info, self.meter.window.device)
+
+    def _last_log(self) -> int:
+        every = self.cfg.train.log_every
+        return self.state.iteration // every * every
+
+    def _diverged(self, what: str) -> None:
+        it, lr = self.state.iteration, self.optimizer.param_groups[0]["lr"]
+        self.logger.log(event="diverged", iteration=it, lr=lr)
+        kept = sorted(p.name for p in (self.run_dir / "checkpoints").glob("ckpt_*.pt"))
+        raise DivergedError(
+            f"training diverged by iteration {it} (lr {lr:g}): {what}. Nothing of it was saved"
+            + (f"; the last good checkpoint is {kept[-1]}" if kept else "")
+            + ". Lower optim.lr (or check the data) and start over with --restart"
+        )
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _steady(clock: dict[str, float], world_size: int) -> dict[str, float]:
-    """This session's throughput after its first logging window (compilation, cuDNN autotuning and
-    warm-up excluded), and how long that first window took."""
-    if "first_s" not in clock or clock["train_s"] <= clock["first_s"]:
-        return {}
-    images = world_size * clock["images"] - clock["first_images"]
-    return {
-        "session_first_window_s": round(clock["first_s"], 2),
-        "session_steady_images_per_s": round(images / (clock["train_s"] - clock["first_s"]), 1),
-    }
-
-
-def save_safetensors(
-    model: nn.Module, path: Path, cfg: Config, data: DataBundle, version: str | None = None
-) -> None:
-    """Final weights as a plain state dict; the metadata says how to rebuild and feed the model
-    (model name and options, input normalisation statistics, class names)."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+def _metadata(cfg: Config, model: nn.Module, data: DataBundle, version: str) -> dict[str, Any]:
+    """What a weights file needs besides the architecture: how to feed the network and what its
+    outputs mean (the image-folder keys only for image-folder runs)."""
+    norm = data.normalize
     meta = {
-        "model": cfg.model.name,
-        "model_options": json.dumps(cfg.model.options),
         "dataset": cfg.data.dataset,
         "normalization": cfg.data.normalization,
-        "train_split": cfg.data.split,
-        "eval_dir": cfg.data.eval_dir,
-        "input_size": json.dumps(list(getattr(model, "default_input_size", ()))),
-        "crop": str(cfg.data.crop),
-        "resize": str(cfg.data.scale[0]),
-        "normalize_mean": json.dumps(data.normalize.mean.cpu().flatten().tolist()),
-        "normalize_std": json.dumps(data.normalize.std.cpu().flatten().tolist()),
-        "normalize_shape": json.dumps(list(data.normalize.mean.shape)),
-        "classes": json.dumps(data.classes),
-        "code_version": version or code_version(),
+        "normalize_mean": norm.mean.cpu().flatten().tolist(),
+        "normalize_std": norm.std.cpu().flatten().tolist(),
+        "normalize_shape": list(norm.mean.shape),
+        "classes": data.classes,
+        "input_size": list(model.default_input_size),
+        "code_version": version,
     }
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)
+    if cfg.data.dataset == "cifar10":
+        meta["train_split"] = cfg.data.split
+    else:
+        meta.update(
+            train_dir=cfg.data.train_dir, eval_dir=cfg.data.eval_dir,
+            resize=str(cfg.data.scale[0]), crop=str(cfg.data.crop),
+        )  # fmt: skip
+    return meta
 
 
-def fit(
-    cfg: Config, run_dir: str | Path, *, resume: bool = True, progress: bool = True
-) -> dict[str, Any]:
-    """Train ``cfg`` in ``run_dir`` (resuming from its newest checkpoint) and return the summary.
-
-    Under torchrun with several processes the run is data-parallel (:mod:`reslab.engine.distributed`).
-    """
-    run_dir = Path(run_dir)
-    summary_path = run_dir / "summary.json"
-    if resume and summary_path.is_file() and (run_dir / "checkpoints" / "final.pt").is_file():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("status") == "finished":
-            return summary
-    info, device = distributed.setup(resolve_device(cfg.train.device))
-    try:
-        return _fit(cfg, run_dir, info, device, resume=resume, progress=progress)
-    finally:
-        distributed.cleanup()
-
-
-def _compile_mode(cfg: Config, device: torch.device) -> str | None:
-    return compile_mode(cfg.train.compile, cfg.train.compile_mode, device)
-
-
-def _wrap_model(cfg: Config, core: nn.Module, info: distributed.DistInfo, device: torch.device):
-    """(the module to save and evaluate, the module to train: DDP-wrapped and/or compiled)."""
-    model = core
-    if info.enabled:
-        if cfg.train.sync_bn:
-            if device.type != "cuda":
-                raise ValueError(
-                    "train.sync_bn=true needs CUDA devices (SyncBatchNorm does not run on CPU)"
-                )
-            core = model = nn.SyncBatchNorm.convert_sync_batchnorm(core)
-        ids = [device.index] if device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(core, device_ids=ids)
-    mode = None if use_cuda_graph(cfg, info, device) else _compile_mode(cfg, device)
-    if mode is not None:
-        model = torch.compile(model, mode=mode, dynamic=False)  # training shapes are fixed
-    return core, model
-
-
-def _fit(
-    cfg: Config,
-    run_dir: Path,
-    info: distributed.DistInfo,
-    device: torch.device,
-    *,
-    resume: bool,
-    progress: bool,
-) -> dict[str, Any]:
-    ckpt_dir, t, o = run_dir / "checkpoints", cfg.train, cfg.optim
-    version = code_version()  # the code this session runs (the checkout may change meanwhile)
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    if device.type == "cpu":
-        configure_cpu()
-    elif device.type == "cuda":
-        configure_cuda()
-    seed_everything(t.seed)
-    core, model = _wrap_model(cfg, build_model(cfg, device), info, device)
-    optimizer = PaperSGD(core.parameters(), o.lr, o.momentum, o.weight_decay)
-    schedule = build_schedule(o)
-    data = build_data(cfg, device, shard=(info.rank, info.world_size))
-    train_loader = data.train
-    state = TrainState()
-    # loss sum, error count and image count of the current logging window, kept on the device
-    window = torch.zeros(3, device=device, dtype=torch.float64)
-
-    checkpoints = list_checkpoints(ckpt_dir) if resume else []
-    if checkpoints:
-        ckpt = load_checkpoint(checkpoints[-1])
-        core.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        schedule.load_state_dict(ckpt["schedule"])
-        state = TrainState(**ckpt["state"])
-        if info.is_main:  # the saved window already holds the sum over processes
-            saved = ckpt["window"]
-            if isinstance(saved, dict):  # checkpoints of the first engine version
-                saved = torch.tensor(
-                    [float(saved["loss"]), float(saved["errors"]), float(saved["n"])]
-                )
-            window.copy_(saved)
-        set_rng_state(ckpt["rng"])
-    tb_dir = run_dir / "tensorboard" if t.tensorboard else None
-    logger = JsonlLogger(run_dir / "metrics.jsonl", enabled=info.is_main, tensorboard_dir=tb_dir)
-    logger.truncate_after(state.iteration if checkpoints else -1)
-    if checkpoints:
-        logger.log(event="resume", iteration=state.iteration, code_version=version)
-
-    total = t.iterations
-    session_start, wall_base = time.perf_counter(), state.wall_time_s
-    clock = {"t": time.perf_counter(), "train_s": 0.0, "images": 0}  # this session's training steps
-    last = {"train_error": float("nan"), "train_loss": float("nan"), "stop": False}
-    bar = tqdm(
-        total=total,
-        initial=state.iteration,
-        unit="it",
-        desc=cfg.name or cfg.model.name,
-        disable=not (progress and info.is_main),
-        dynamic_ncols=True,
-        mininterval=1.0,
-    )
-
-    def save(name: str) -> Path | None:
-        """Checkpoint; every process calls it (the window is summed over them), rank 0 writes."""
-        state.wall_time_s = wall_base + time.perf_counter() - session_start
-        distributed.all_reduce_sum(window, info)
-        if not info.is_main:
-            window.zero_()
-            return None
-        payload = {
-            "model": core.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "state": asdict(state),
-            "window": window.cpu(),
-            "rng": rng_state(),
-            "config": cfg.to_dict(),
-            "code_version": version,
-            "world_size": info.world_size,
-        }
-        path = atomic_save(payload, ckpt_dir / name)
-        prune_checkpoints(ckpt_dir, t.keep_checkpoints)
-        return path
-
-    def tick() -> None:
-        """Account the training time since the last tick (evaluation and saving excluded)."""
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        now = time.perf_counter()
-        clock["train_s"] += now - clock["t"]
-        state.train_time_s += now - clock["t"]
-        clock["t"] = now
-
-    def log_window() -> None:
-        loss_sum, errors, n = distributed.all_reduce_sum(window, info).tolist()
-        window.zero_()
-        loss, err = loss_sum / n, 100 * errors / n
-        last.update(train_loss=loss, train_error=err)
-        lr = optimizer.param_groups[0]["lr"]
-        images = info.world_size * clock["images"]
-        ips = images / clock["train_s"] if clock["train_s"] > 0 else float("nan")
-        if "first_s" not in clock:  # the first window holds compilation and autotuning
-            clock.update(first_s=clock["train_s"], first_images=images)
-        logger.log(
-            iteration=state.iteration,
-            epoch=state.epoch,
-            lr=lr,
-            train_loss=loss,
-            train_error=err,
-            images_per_s=ips,
-            peak_memory_mb=_peak_memory_mb(device),
-        )
-        bar.set_postfix(loss=f"{loss:.3f}", err=f"{err:.1f}%", lr=f"{lr:g}")
-        if schedule.observe_train_error(err, state.iteration):  # same numbers in every process
-            new_lr = schedule.lr(state.iteration)
-            logger.log(event="warmup_end", iteration=state.iteration, train_error=err, lr=new_lr)
-            if info.is_main:
-                bar.write(
-                    f"iteration {state.iteration}: training error {err:.1f}% < "
-                    f"{o.warmup_until_error}%, lr -> {new_lr:g}"
-                )
-
-    def evaluate_now(loader: Any = data.eval, views: str = "") -> dict[str, float] | None:
-        """Rank 0 evaluates; the error reaches every process (the plateau rule needs it)."""
-        result, shared = None, torch.zeros(1, device=device, dtype=torch.float64)
-        if info.is_main:
-            result = evaluate(core, loader)
-            shared += result["error"]
-            extra = {"test_views": views} if views else {}
-            logger.log(
-                iteration=state.iteration,
-                test_error=result["error"],
-                test_top5_error=result["top5_error"],
-                test_loss=result["loss"],
-                **extra,
-            )
-        error = distributed.all_reduce_sum(shared, info).item()
-        if schedule.observe_eval_error(error, state.iteration):
-            logger.log(event="lr_drop", iteration=state.iteration, lr=schedule.lr(state.iteration))
-        return result
-
-    def on_step(loss_sum: torch.Tensor | None, errors: torch.Tensor | None, batch: int) -> bool:
-        if loss_sum is not None:  # (a graphed step adds to the window itself)
-            window[0] += loss_sum
-            window[1] += errors
-            window[2] += batch
-        clock["images"] += batch
-        bar.update(1)
-        it = state.iteration
-        if it % t.log_every == 0 or it == total:
-            tick()
-            log_window()
-        if t.eval_every and it % t.eval_every == 0 and it < total:
-            tick()
-            evaluate_now()
-            clock["t"] = time.perf_counter()
-        if it % t.checkpoint_every == 0 and it < total:
-            tick()
-            save(f"ckpt_{it:07d}.pt")
-            clock["t"] = time.perf_counter()
-        last["stop"] = distributed.any_process(stop.requested, info, device)
-        return last["stop"]
-
-    graphed = None
-    if use_cuda_graph(cfg, info, device):
-        graphed = GraphedStep(
-            core,
-            optimizer,
-            train_loader,
-            window,
-            t.precision,
-            compile_mode=graph_compile_mode(cfg, device),
-        )
-    with StopRequest() as stop:
-        while state.iteration < total and not last["stop"]:
-            if graphed is not None:
-                core.train()
-                train_one_epoch_graphed(graphed, schedule, state, until=total, on_step=on_step)
-                continue
-            train_one_epoch(
-                model,
-                optimizer,
-                train_loader,
-                schedule,
-                state,
-                until=total,
-                precision=t.precision,
-                on_step=on_step,
-            )
-    bar.close()
-    tick()
-    if state.iteration < total:
-        path = save(f"ckpt_{state.iteration:07d}.pt")
-        logger.log(event="interrupted", iteration=state.iteration)
-        logger.close()
-        return {"status": "interrupted", "iteration": state.iteration, "checkpoint": str(path)}
-
-    views = cfg.data.test_views if cfg.data.dataset == "imagefolder" else ""
-    result = evaluate_now(data.final, views)
-    save("final.pt")  # also brings state.wall_time_s up to date
-    if not info.is_main:
-        return {"status": "finished", "rank": info.rank}
-    save_safetensors(core, run_dir / "model.safetensors", cfg, data, version)
-    processes = f" x {info.world_size} processes" if info.enabled else ""
+def _summary(cfg, state, meter, result, info, device, step_kind, schedule, version) -> dict:
+    t, d = cfg.train, cfg.data
+    cifar = d.dataset == "cifar10"
     summary = {
         "status": "finished",
         "name": cfg.name,
@@ -639,12 +612,12 @@ def _fit(
         "iterations": state.iteration,
         "batch_size": t.batch_size,
         "world_size": info.world_size,
-        "dataset": cfg.data.dataset,
-        "train_split": cfg.data.split if cfg.data.dataset == "cifar10" else cfg.data.train_dir,
-        "eval_split": cfg.data.eval_split if cfg.data.dataset == "cifar10" else cfg.data.eval_dir,
-        "test_views": views or "single",
-        "train_error": last["train_error"],
-        "train_loss": last["train_loss"],
+        "dataset": d.dataset,
+        "train_split": d.split if cifar else d.train_dir,
+        "eval_split": d.eval_split if cifar else d.eval_dir,
+        "test_views": "single" if cifar else d.test_views,
+        "train_error": meter.last.get("train_error"),
+        "train_loss": meter.last.get("train_loss"),
         "test_error": result["error"],
         "test_top5_error": result["top5_error"],
         "test_loss": result["loss"],
@@ -654,14 +627,11 @@ def _fit(
         if state.train_time_s
         else None,
         "peak_memory_mb": round(_peak_memory_mb(device), 1),
-        **_steady(clock, info.world_size),
-        "device": describe_device(device) + processes,
+        **meter.steady(info.world_size),
+        "device": describe_device(device)
+        + (f" x {info.world_size} processes" if info.enabled else ""),
         "precision": t.precision,
-        "compile": (
-            graph_compile_mode(cfg, device) if graphed is not None else _compile_mode(cfg, device)
-        )
-        or "off",
-        "cuda_graph": "off" if graphed is None else "whole step" if graphed.capture else "eager",
+        **step_kind,
         "channels_last": t.channels_last,
         "seed": t.seed,
         "code_version": version,
@@ -670,6 +640,36 @@ def _fit(
     }
     if schedule.warmup_ended_at is not None:
         summary["warmup_ended_at"] = schedule.warmup_ended_at
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    logger.close()
     return summary
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """What ``reslab train`` prints of a run's summary: a sentence, then a JSON line."""
+    if summary["status"] != "finished":
+        return [
+            f"interrupted at iteration {summary['iteration']}; checkpoint {summary['checkpoint']}; "
+            "run the same command again to resume"
+        ]
+    s = summary
+    keys = ("test_error", "test_top5_error", "train_error", "iterations")
+    return [
+        f"{s['model']}: {s['iterations']} iterations, training error {s['train_error']:.2f}%, test "
+        f"error {s['test_error']:.2f}% (accuracy {100 - s['test_error']:.2f}%), top-5 error "
+        f"{s['test_top5_error']:.2f}%, {s['images_per_s']:.0f} images/s on {s['device']}, "
+        f"{s['wall_time_s']:.0f} s",
+        json.dumps({k: s[k] for k in keys}),
+    ]
+
+
+def demo_overrides(iterations: int) -> list[str]:
+    """``reslab demo``: the paper's ResNet-20 recipe on a short schedule, the lr dropping at 50%
+    and 75% of the iterations, with no evaluation before the end."""
+    n = iterations
+    return [
+        f"train.iterations={n}",
+        f"optim.milestones=[{max(1, n // 2)},{max(1, 3 * n // 4)}]",
+        "train.eval_every=0",
+        f"train.checkpoint_every={max(n // 4, 1)}",
+        f"train.log_every={max(min(100, n // 8), 1)}",
+        f"name=demo-resnet20-{n}it",
+    ]

@@ -21,49 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from reslab.engine.logging import read_jsonl
-from reslab.experiments.reproduce import PAPER_TABLE6, schedule_tag
-
-PAPER_FIG6 = {  # read off the paper's Fig. 6 curves (PAPER.md): test error, percent
-    "plain20": "about 9-10",
-    "plain56": "about 13",
-}
+from reslab.experiments import paper
+from reslab.experiments.ledger import finished_runs, schedule_tag
 
 
 def _schedule_text(schedule: Fraction) -> str:
     if schedule == 1:
         return "paper schedule (64k iterations)"
     return f"reslab reduced schedule: {schedule} of the paper's iterations"
-
-
-def _finished_runs(results: Path, experiment: str, schedule: Fraction) -> dict[str, dict[str, Any]]:
-    """model -> summary (with ``_dir``) of the finished seed-0 runs of ``schedule``; CPU runs are
-    preferred over GPU runs of the same protocol only when both exist (the first found wins)."""
-    wanted = "paper" if schedule == 1 else str(schedule)
-    runs: dict[str, dict[str, Any]] = {}
-    for path in sorted((results / experiment).glob("*/summary.json")):
-        summary = json.loads(path.read_text())
-        if summary.get("status") != "finished" or summary.get("schedule") != wanted:
-            continue
-        if summary.get("seed", 0) != 0 or summary["model"] in runs:
-            continue
-        summary["_dir"] = path.parent
-        runs[summary["model"]] = summary
-    return runs
-
-
-def _ledger_runs(results: Path, schedule: Fraction, *experiments: str) -> dict[str, dict[str, Any]]:
-    """The finished runs of the first experiment, completed by the later ones; a clear error
-    naming the command to run when there are none."""
-    runs: dict[str, dict[str, Any]] = {}
-    for experiment in experiments:
-        for model, summary in _finished_runs(results, experiment, schedule).items():
-            runs.setdefault(model, summary)
-    if not runs:
-        raise FileNotFoundError(
-            f"no finished {'/'.join(experiments)} runs of schedule {schedule} under {results}; "
-            f"run `reslab reproduce {experiments[0]} --schedule {schedule}` first"
-        )
-    return runs
 
 
 def _pyplot() -> Any:
@@ -124,7 +89,7 @@ def fig6(results: str | Path, schedule: Fraction = Fraction(1), command: str = "
     plt = _pyplot()
 
     results = Path(results)
-    runs = _ledger_runs(results, schedule, "fig6")
+    runs = finished_runs(results, schedule, "fig6")
     stem = f"fig6{schedule_tag(schedule)}"
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     data: dict[str, Any] = {"schedule": str(schedule), "runs": {}}
@@ -177,9 +142,9 @@ def _fig6_report(data: dict[str, Any], schedule: Fraction, stem: str) -> str:
         "|---|---|---|---|---|---|",
     ]
     for model, r in sorted(runs.items(), key=lambda kv: (kv[0][0], _depth(kv[0]))):
-        paper = PAPER_TABLE6.get(model, PAPER_FIG6.get(model, "-"))
+        quoted = paper.TABLE6.get(model, paper.FIG6.get(model, "-"))
         lines.append(
-            f"| {model} | {r['final_train_error']:.2f} | {r['final_test_error']:.2f} | {paper} | "
+            f"| {model} | {r['final_train_error']:.2f} | {r['final_test_error']:.2f} | {quoted} | "
             f"{r['device']} | `{r['dir']}` |"
         )
     lines += ["", "## The paper's claims, checked on these runs", ""]
@@ -229,11 +194,12 @@ def fig7(
     """Layer responses (Fig. 7) of the trained fig6/table6 nets of ``schedule``; returns the PNG."""
     plt = _pyplot()
 
-    from reslab.analysis.common import cifar_test_batches, load_model, normalizer_for
+    from reslab.analysis.common import cifar_test_batches, normalizer_for
     from reslab.analysis.responses import layer_responses
+    from reslab.engine.weights import load_model
 
     results = Path(results)
-    runs = _ledger_runs(results, schedule, "fig6", "table6")  # e.g. ResNet-110 from Table 6
+    runs = finished_runs(results, schedule, "fig6", "table6")  # e.g. ResNet-110 from Table 6
     stem = f"fig7{schedule_tag(schedule)}"
     data: dict[str, Any] = {"schedule": str(schedule), "limit": limit, "runs": {}}
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7))
@@ -308,9 +274,6 @@ def _fig7_report(data: dict[str, Any], schedule: Fraction, stem: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-PAPER_TABLE3 = {"A": 25.03, "B": 24.52, "C": 24.19}  # ImageNet ResNet-34 top-1 error, 10-crop
-
-
 def options(results: str | Path, schedule: Fraction = Fraction(1), command: str = "") -> Path:
     """Shortcut options A/B/C on ResNet-32/56 from ``results/options``: a grouped bar chart of the
     final test errors and a report beside the paper's ImageNet comparison (Table 3)."""
@@ -320,7 +283,7 @@ def options(results: str | Path, schedule: Fraction = Fraction(1), command: str 
     from reslab.models.complexity import count_params
 
     results = Path(results)
-    runs = _ledger_runs(results, schedule, "options")
+    runs = finished_runs(results, schedule, "options")
     stem = f"options{schedule_tag(schedule)}"
     data: dict[str, Any] = {"schedule": str(schedule), "runs": {}}
     for model, summary in sorted(runs.items()):
@@ -380,7 +343,7 @@ def _options_report(data: dict[str, Any], schedule: Fraction, stem: str) -> str:
             f"`{r['dir']}` |"
         )
     lines += ["", "## Measured", ""]
-    spread_paper = max(PAPER_TABLE3.values()) - min(PAPER_TABLE3.values())
+    spread_paper = max(paper.TABLE3.values()) - min(paper.TABLE3.values())
     for depth in sorted({r["depth"] for r in runs.values()}):
         errs = {r["option"]: r["final_test_error"] for r in runs.values() if r["depth"] == depth}
         if len(errs) < 2:

@@ -10,17 +10,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from reslab.experiments.reproduce import PAPER_TABLE6
-
-
-def collect(results: Path) -> list[dict]:
-    runs = []
-    for path in sorted(results.glob("*/*/summary.json")):
-        summary = json.loads(path.read_text())
-        if summary.get("status") == "finished" and "experiment" in summary:
-            summary["_dir"] = str(path.parent.relative_to(results))
-            runs.append(summary)
-    return runs
+from reslab.experiments import paper
+from reslab.experiments.ledger import collect
 
 
 def _mean_std(values: list[float]) -> str:
@@ -93,13 +84,13 @@ def build(results: str | Path = "results") -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (experiment, model, schedule, device, precision), runs in sorted(groups.items()):
-        paper = PAPER_TABLE6.get(model.removesuffix("-A"))  # Table 6 uses shortcut option A
+        quoted = paper.TABLE6.get(model.removesuffix("-A"))  # Table 6 uses shortcut option A
         test = [r["test_error"] for r in runs]
         train = [r["train_error"] for r in runs]
         wall = sum(r["wall_time_s"] for r in runs) / len(runs)
         dirs = ", ".join(f"`{r['_dir']}`" for r in runs)
         lines.append(
-            f"| {experiment} | {model} | {schedule} | {paper if paper is not None else '-'} | "
+            f"| {experiment} | {model} | {schedule} | {quoted if quoted is not None else '-'} | "
             f"{_mean_std(test)} ({len(runs)}) | {_mean_std(train)} | {device} | {precision} | "
             f"{_duration(wall)} | {dirs} |"
         )

@@ -11,25 +11,16 @@ milestones together; such runs are named and labelled as reslab's reduced protoc
 
 from __future__ import annotations
 
-import json
 import shlex
-import shutil
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from reslab.config import Config, load_config
+from reslab.config import Config, ConfigError, load_config
+from reslab.experiments.ledger import record, schedule_tag
 
-# Table 6 test errors (%) and the models of each experiment.
-PAPER_TABLE6 = {
-    "resnet20": 8.75,
-    "resnet32": 7.51,
-    "resnet44": 7.17,
-    "resnet56": 6.97,
-    "resnet110": 6.43,
-    "resnet1202": 7.93,
-}
+# the models of each experiment
 EXPERIMENTS: dict[str, tuple[str, ...]] = {
     "table6": ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110"),
     "fig6": (
@@ -53,7 +44,6 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     for option in "ABC"
 }
 EXPERIMENTS["options"] = tuple(VARIANTS)
-LEDGER_FILES = ("summary.json", "config.yaml", "metrics.jsonl", "model.safetensors")
 
 
 def parse_schedule(text: str) -> Fraction:
@@ -61,14 +51,10 @@ def parse_schedule(text: str) -> Fraction:
     try:
         value = Fraction(text)
     except (ValueError, ZeroDivisionError):
-        raise ValueError(f"--schedule {text!r}: expected a fraction such as 1 or 1/8") from None
+        raise ConfigError(f"--schedule {text!r}: expected a fraction such as 1 or 1/8") from None
     if not 0 < value <= 1:
-        raise ValueError(f"--schedule {text!r} must be in (0, 1]")
+        raise ConfigError(f"--schedule {text!r} must be in (0, 1]")
     return value
-
-
-def schedule_tag(schedule: Fraction) -> str:
-    return "" if schedule == 1 else f"-sched{schedule.numerator}of{schedule.denominator}"
 
 
 @dataclass(frozen=True)
@@ -105,50 +91,18 @@ class Run:
 
 def plan(experiment: str, schedule: Fraction, seeds: int, only: list[str] | None) -> list[Run]:
     if experiment not in EXPERIMENTS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown experiment {experiment!r}; valid choices: {', '.join(EXPERIMENTS)}"
         )
     models = EXPERIMENTS[experiment]
     if only:
         unknown = [m for m in only if m not in models]
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"{experiment} has no model {unknown[0]!r}; its models: {', '.join(models)}"
             )
         models = tuple(m for m in models if m in only)
     return [Run(experiment, m, s, schedule) for m in models for s in range(seeds)]
-
-
-def record(run: Run, run_dir: Path, results: Path, command: str, **extra: Any) -> Path:
-    """Copy a finished run into the ledger, with the protocol stated in its summary (``extra``
-    keys, such as a note, are added to it). A run already recorded (the same finish date) is left
-    as it is, so reusing it (``reproduce fig7`` over the fig6 nets) keeps the command that trained
-    it."""
-    summary = json.loads((run_dir / "summary.json").read_text())
-    # a GPU run of the same protocol is a separate ledger entry beside the CPU one
-    device_tag = "" if summary.get("device", "CPU").startswith("CPU") else "-gpu"
-    target = results / run.experiment / f"{run.name}{device_tag}"
-    if (target / "summary.json").is_file():
-        recorded = json.loads((target / "summary.json").read_text())
-        if recorded.get("date") == summary.get("date") and "date" in summary:
-            return target  # this very run is already recorded, with the command that trained it
-    summary.update(
-        **extra,
-        model=run.model,  # a variant's name (resnet32-B), the config's model otherwise
-        experiment=run.experiment,
-        seed=run.seed,
-        command=command,
-        schedule=str(run.schedule) if run.schedule != 1 else "paper",
-        protocol="paper"
-        if run.schedule == 1
-        else f"reslab reduced schedule ({run.schedule} of the paper's iterations)",
-    )
-    target.mkdir(parents=True, exist_ok=True)
-    for name in LEDGER_FILES[1:]:
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, target / name)
-    (target / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return target
 
 
 def reproduce(
@@ -164,18 +118,46 @@ def reproduce(
     argv: list[str] | None = None,
     progress: bool = True,
     overrides: list[str] = (),
+    restart: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train (or resume) every run of ``experiment`` and record the finished ones in the ledger."""
+    """Train (or resume) every run of ``experiment`` and record the finished ones in the ledger.
+
+    Each run follows the engine's resume rules: a run directory holding another config is refused
+    (naming the keys), unless ``restart`` starts it over."""
     from reslab.engine.trainer import fit
 
     command = "reslab " + shlex.join(argv or ["reproduce", experiment])
     summaries = []
     for run in plan(experiment, schedule, seeds, only):
         run_dir = Path(runs_dir) / experiment / run.name
-        summary = fit(run.config(data_dir, device, list(overrides)), run_dir, progress=progress)
+        cfg = run.config(data_dir, device, list(overrides))
+        summary = fit(cfg, run_dir, restart=restart, progress=progress)
+        summaries.append(summary)
         if summary["status"] != "finished":
-            summaries.append(summary)
             break  # interrupted: stop here; the same command resumes
         record(run, run_dir, Path(results_dir), command)
-        summaries.append(summary)
     return summaries
+
+
+def reproduce_and_report(
+    experiment: str, schedule: Fraction, *, argv: list[str] | None = None, **kwargs: Any
+) -> tuple[list[dict[str, Any]], list[Path]]:
+    """``reslab reproduce``: :func:`reproduce` (``fig7`` trains the fig6 nets), then the
+    experiment's figure and report from what the ledger holds, then ``results/README.md``.
+    Returns the runs' summaries and the files written."""
+    from reslab.experiments import figures
+    from reslab.experiments.report import build
+
+    trained = "fig6" if experiment == "fig7" else experiment
+    summaries = reproduce(trained, schedule, argv=argv, **kwargs)
+    results, data_dir = kwargs.get("results_dir", "results"), kwargs.get("data_dir")
+    command = "reslab " + shlex.join(argv or ["reproduce", experiment])
+    any_finished = any(s["status"] == "finished" for s in summaries)
+    written = []
+    if trained in ("fig6", "options") and any_finished:
+        draw = figures.fig6 if trained == "fig6" else figures.options
+        written.append(draw(results, schedule, command))
+    if experiment == "fig7" and all(s["status"] == "finished" for s in summaries):
+        written.append(figures.fig7(results, schedule, data_dir, command=command))
+    build(results)
+    return summaries, [*written, Path(results) / "README.md"]

@@ -54,11 +54,14 @@ class _Block(nn.Module):
             return None
         return x if self.downsample is None else self.downsample(x)
 
+    def shortcut_path(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The shortcut's output alone, without computing the branch (a lesion deletes it)."""
+        return self._shortcut_of(x)
+
 
 def _bottleneck_strides(stride: int, stride_in: str) -> tuple[int, int]:
-    """(stride of the first 1x1, stride of the 3x3) for the named position of the stride."""
-    if stride_in not in STRIDE_IN_CHOICES:
-        raise ValueError(f"stride_in={stride_in!r} is invalid; valid choices: '1x1', '3x3'")
+    """(stride of the first 1x1, stride of the 3x3) for the named position of the stride
+    (checked by the model builders)."""
     return (stride, 1) if stride_in == "1x1" else (1, stride)
 
 
@@ -133,6 +136,10 @@ class _PreActBlock(_Block):
         if not self.residual or self.downsample is None:
             return x if self.residual else None
         return self.downsample(preact if self.downsample.parametric else x)
+
+    def shortcut_path(self, x: torch.Tensor) -> torch.Tensor | None:
+        parametric = self.downsample is not None and self.downsample.parametric
+        return self._preact_shortcut(x, self.relu(self.bn1(x)) if parametric else x)
 
     def merge(self, branch: torch.Tensor, shortcut: torch.Tensor | None) -> torch.Tensor:
         """Pre-activation merge: a plain sum, no ReLU after it."""

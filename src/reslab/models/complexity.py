@@ -120,3 +120,23 @@ def stage_table(model: nn.Module, input_size: tuple[int, ...] | None = None) -> 
             StageRow(s, shapes[s], layout, count_params(module), flops.get(f"{owner}.{s}", 0) // 2)
         )
     return rows
+
+
+def format_table(name: str, model: nn.Module, input_size: tuple[int, ...] | None = None) -> str:
+    """``reslab info``: the Table-1 style summary of ``model`` (registered as ``name``)."""
+    total = complexity(model, input_size)
+    kind = "pre-activation residual" if model.preact else "residual"
+    kind = kind if model.residual else "plain"
+    shape = "x".join(map(str, total.input_size))
+    header = f"{'stage':<8} {'output':<12} {'params':>12} {'mult-adds':>14}  layout"
+    lines = [f"{name}: {kind} network, {model.stem_kind} family, input {shape}", header]
+    lines.append("-" * len(header))
+    for r in stage_table(model, input_size):
+        out = "x".join(map(str, r.output_size))
+        lines.append(f"{r.name:<8} {out:<12} {r.params:>12,} {r.macs:>14,}  {r.layout}")
+    lines.append("-" * len(header))
+    lines.append(
+        f"{'total':<8} {'':<12} {total.params:>12,} {total.macs:>14,}  "
+        f"({total.macs / 1e9:.3f}e9 multiply-adds)"
+    )
+    return "\n".join(lines)

@@ -17,8 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reslab.errors import ModelError
+
 ShortcutFactory = Callable[[int, int, int], nn.Module | None]
 PadWhere = Literal["after", "both"]
+PAD_WHERE_CHOICES = ("after", "both")
 
 
 def conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
@@ -45,8 +48,6 @@ class PadShortcut(nn.Module):
         super().__init__()
         if out_ch < in_ch:
             raise ValueError(f"PadShortcut cannot reduce channels ({in_ch} -> {out_ch})")
-        if where not in ("after", "both"):
-            raise ValueError(f"PadShortcut where={where!r}; valid choices: 'after', 'both'")
         self.in_ch, self.out_ch, self.stride, self.where = in_ch, out_ch, stride, where
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,15 +112,11 @@ def shortcut_factory(
 ) -> ShortcutFactory:
     """The factory for shortcut ``option`` ("A", "B" or "C")."""
     if option == "A":
-        if pad_where not in ("after", "both"):
-            raise ValueError(
-                f"shortcut_pad={pad_where!r} is invalid; valid choices: 'after', 'both'"
-            )
         return partial(option_a, where=pad_where)
     if option == "B":
         return partial(option_b, norm=norm)
     if option == "C":
         return partial(option_c, norm=norm)
-    raise ValueError(
+    raise ModelError(
         f"shortcut={option!r} is invalid; valid choices: {', '.join(SHORTCUT_OPTIONS)}"
     )

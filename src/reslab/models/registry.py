@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from reslab.errors import ModelError
 from reslab.models.resnet import IMAGENET_DEPTHS, cifar_resnet, imagenet_resnet
 
 
@@ -43,7 +44,7 @@ class ModelSpec:
     def build(self, **options: Any) -> nn.Module:
         unknown = sorted(set(options) - set(self.options))
         if unknown:
-            raise ValueError(
+            raise ModelError(
                 f"model {self.name!r} has no option {', '.join(map(repr, unknown))}; "
                 f"valid options: {', '.join(self.options)}"
             )
@@ -70,7 +71,8 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    """The spec for a registered name or a CIFAR depth pattern; ValueError names the choices."""
+    """The spec for a registered name or a CIFAR depth pattern; :class:`ModelError` names the
+    choices."""
     if name in _REGISTRY:
         return _REGISTRY[name]
     m = re.fullmatch(r"(cifar_)?(preact_resnet|resnet|plain)(\d+)", name)
@@ -80,7 +82,7 @@ def get_model_spec(name: str) -> ModelSpec:
         if cifar_depth and (explicit or depth not in IMAGENET_DEPTHS):
             fixed = {"depth": depth, "residual": kind != "plain", "preact": kind == "preact_resnet"}
             return ModelSpec(name, cifar_resnet, fixed, "cifar")
-    raise ValueError(
+    raise ModelError(
         f"unknown model {name!r}; valid names: {', '.join(list_models())}; CIFAR networks also "
         "accept any depth 6n+2 (basic blocks) or 9n+2 (block='bottleneck') as resnet<depth>/plain<depth>/preact_resnet<depth> (e.g. resnet26), "
         "or cifar_resnet<depth> where the depth is also an ImageNet one (e.g. cifar_resnet50)"

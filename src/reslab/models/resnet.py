@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reslab.errors import ModelError
 from reslab.models.blocks import (
     STRIDE_IN_CHOICES,
     BasicBlock,
@@ -23,7 +24,12 @@ from reslab.models.blocks import (
     PreActBottleneck,
     StrideIn,
 )
-from reslab.models.layers import PadWhere, ShortcutFactory, shortcut_factory
+from reslab.models.layers import (
+    PAD_WHERE_CHOICES,
+    PadWhere,
+    ShortcutFactory,
+    shortcut_factory,
+)
 
 # depth -> (block kind, blocks per stage)            (Table 1)
 IMAGENET_DEPTHS: dict[int, tuple[str, tuple[int, ...]]] = {
@@ -77,7 +83,7 @@ class ResNet(nn.Module):
         if len(layers) != len(widths):
             raise ValueError(f"layers {layers} and widths {widths} must have the same length")
         if num_classes < 1 or in_chans < 1:
-            raise ValueError(f"num_classes={num_classes} and in_chans={in_chans} must be >= 1")
+            raise ModelError(f"num_classes={num_classes} and in_chans={in_chans} must be >= 1")
         self.stem_kind, self.preact, self.residual = stem, preact, shortcut is not None
         stem_ch = widths[0] if stem == "cifar" else 64
         if stem == "imagenet":
@@ -152,7 +158,7 @@ def _resolve_shortcut(
 ) -> ShortcutFactory | None:
     if not residual:
         if shortcut is not None:
-            raise ValueError(
+            raise ModelError(
                 f"shortcut={shortcut!r} given for a plain network; plain networks have no "
                 "shortcuts (use the resnet* model of the same depth)"
             )
@@ -161,14 +167,41 @@ def _resolve_shortcut(
     return shortcut_factory(shortcut or default, norm=not preact, pad_where=shortcut_pad)
 
 
-def _check_options(residual: bool, zero_init_residual: bool, stride_in: str) -> None:
+def _check_options(
+    residual: bool, zero_init_residual: bool, stride_in: str, shortcut_pad: str
+) -> None:
+    """The options' values, checked once here for every builder."""
     if stride_in not in STRIDE_IN_CHOICES:
-        raise ValueError(f"stride_in={stride_in!r} is invalid; valid choices: '1x1', '3x3'")
+        raise ModelError(f"stride_in={stride_in!r} is invalid; valid choices: '1x1', '3x3'")
+    if shortcut_pad not in PAD_WHERE_CHOICES:
+        raise ModelError(
+            f"shortcut_pad={shortcut_pad!r} is invalid; valid choices: 'after', 'both'"
+        )
     if zero_init_residual and not residual:
-        raise ValueError(
+        raise ModelError(
             "zero_init_residual=True given for a plain network: it has no residual branch to zero "
             "(it would cut the signal); use it with resnet* models"
         )
+
+
+ARCH_KEYS = (
+    "family", "depth", "residual", "preact", "block", "shortcut", "stride_in", "shortcut_pad",
+    "zero_init_residual", "num_classes", "in_chans",
+)  # fmt: skip
+
+
+def _arch(args: dict[str, Any], family: str, default_shortcut: str) -> dict[str, Any]:
+    """The complete architecture a builder made, every option resolved (``model.arch``): what a
+    weights file records, and what loading compares."""
+    arch = {k: args.get(k) for k in ARCH_KEYS}
+    arch["family"] = family
+    arch["block"] = args.get("block") or IMAGENET_DEPTHS[args["depth"]][0]
+    arch["shortcut"] = (args["shortcut"] or default_shortcut) if args["residual"] else None
+    if arch["shortcut"] != "A":
+        arch["shortcut_pad"] = None  # only option A pads
+    if arch["block"] != "bottleneck":
+        arch["stride_in"] = None  # only bottlenecks have a 1x1 to put the stride on
+    return arch
 
 
 def imagenet_resnet(
@@ -189,12 +222,12 @@ def imagenet_resnet(
     "3x3" torchvision's "v1.5"; ``residual=False`` gives the plain network.
     """
     if depth not in IMAGENET_DEPTHS:
-        raise ValueError(
+        raise ModelError(
             f"ImageNet depth {depth} is invalid; valid choices: {', '.join(map(str, IMAGENET_DEPTHS))}"
         )
-    _check_options(residual, zero_init_residual, stride_in)
+    _check_options(residual, zero_init_residual, stride_in, shortcut_pad)
     kind, layers = IMAGENET_DEPTHS[depth]
-    return ResNet(
+    model = ResNet(
         BLOCKS[kind, preact],
         layers,
         IMAGENET_WIDTHS,
@@ -206,17 +239,19 @@ def imagenet_resnet(
         zero_init_residual=zero_init_residual,
         block_args={"stride_in": stride_in} if kind == "bottleneck" else None,
     )
+    model.arch = _arch(locals(), "imagenet", "B")
+    return model
 
 
 def cifar_blocks_per_stage(depth: int, block: str = "basic") -> int:
     """n such that ``depth`` = 6n+2 (basic blocks) or 9n+2 (bottlenecks); ValueError otherwise."""
     if block not in CIFAR_LAYERS_PER_BLOCK:
-        raise ValueError(f"block={block!r} is invalid; valid choices: 'basic', 'bottleneck'")
+        raise ModelError(f"block={block!r} is invalid; valid choices: 'basic', 'bottleneck'")
     per_stage = 3 * CIFAR_LAYERS_PER_BLOCK[block]
     n, rest = divmod(depth - 2, per_stage)
     if rest or n < 1:
         examples = ", ".join(str(per_stage * k + 2) for k in (1, 2, 3, 5, 9, 18))
-        raise ValueError(
+        raise ModelError(
             f"CIFAR depth {depth} is invalid for {block} blocks; valid depths are "
             f"{per_stage}n+2 for n >= 1 ({examples}, ...)"
         )
@@ -242,8 +277,8 @@ def cifar_resnet(
     nets (the Identity Mappings paper's projection shortcuts).
     """
     n = cifar_blocks_per_stage(depth, block)
-    _check_options(residual, zero_init_residual, stride_in)
-    return ResNet(
+    _check_options(residual, zero_init_residual, stride_in, shortcut_pad)
+    model = ResNet(
         BLOCKS[block, preact],
         (n, n, n),
         CIFAR_WIDTHS,
@@ -257,3 +292,5 @@ def cifar_resnet(
         zero_init_residual=zero_init_residual,
         block_args={"stride_in": stride_in} if block == "bottleneck" else None,
     )
+    model.arch = _arch(locals(), "cifar", "B" if preact else "A")
+    return model

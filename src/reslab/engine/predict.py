@@ -1,0 +1,84 @@
+"""``reslab predict``: the most likely classes of images under trained weights.
+
+    uv run reslab predict runs/demo photo.png --topk 3
+
+Each image is prepared as the weights' own test view (CIFAR: resized to 32x32; image folders: the
+shorter side resized and the centre crop taken) and normalised with the statistics stored beside
+the weights. In a folder, files that are not readable images are listed and the rest predicted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from reslab.data.imagefolder import IMG_EXTENSIONS, CenterCrop, CorruptImageError, decode
+from reslab.errors import ConfigError, DataError, MissingFileError
+
+Prediction = tuple[Path, list[tuple[str, float]]]  # an image and its (class, probability) pairs
+
+
+def image_files(target: str | Path) -> list[Path]:
+    """``target`` itself, or every image file below the folder ``target`` (sorted)."""
+    target = Path(target)
+    if target.is_file():
+        return [target]
+    if not target.is_dir():
+        raise MissingFileError(f"{target} is neither an image file nor a folder")
+    files = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+    if not files:
+        raise MissingFileError(f"no {'/'.join(IMG_EXTENSIONS)} images in {target}")
+    return files
+
+
+def predict(
+    weights: str | Path, target: str | Path, topk: int = 5, device: str = "auto"
+) -> tuple[Iterator[Prediction], list[str]]:
+    """Top-``topk`` (class, probability) of every image of ``target`` (a file or a folder).
+
+    Returns the predictions (an iterator: they are computed as they are read) and a list that
+    fills with ``"<file>: <why>"`` for each file that is not a readable image. A single file that
+    is no image is an error."""
+    from reslab.engine.runtime import resolve_device
+    from reslab.engine.weights import class_names, load_weights, normalizer_from_metadata
+
+    if topk < 1:
+        raise ConfigError(f"--topk {topk} must be >= 1")
+    files = image_files(target)
+    model, meta = load_weights(weights)
+    names = class_names(meta, model.fc.out_features, weights)
+    device = resolve_device(device)
+    model, normalize = model.to(device).eval(), normalizer_from_metadata(meta, weights).to(device)
+    if meta.get("dataset", "cifar10") == "cifar10":
+        side = model.default_input_size[-1]
+
+        def view(image):
+            return TF.resize(image, [side, side], antialias=True)
+    else:
+        view = CenterCrop(int(meta["resize"]), int(meta["crop"]))
+    bad: list[str] = []
+
+    def predictions() -> Iterator[Prediction]:
+        for path in files:
+            try:
+                image = decode(path)
+            except CorruptImageError as err:
+                if len(files) == 1:
+                    raise DataError(str(err)) from None
+                bad.append(f"{path}: {err}")
+                continue
+            with torch.no_grad():
+                logits = model(normalize(view(image)[None].to(device))).float()
+            top = torch.softmax(logits, 1)[0].topk(min(topk, len(names)))
+            yield (
+                path,
+                [
+                    (names[i], p)
+                    for i, p in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+                ],
+            )
+
+    return predictions(), bad

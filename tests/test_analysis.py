@@ -179,3 +179,33 @@ def test_weights_from_a_plain_state_dict(tmp_path):
         load_model("resnet20", tmp_path / "weights.pt")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model("resnet8", tmp_path / "missing.pt")
+
+
+def test_gradient_analyses_leave_the_model_as_they_found_it():
+    """block_gradient_norms runs in training mode (BN by the batch), path_gradients in eval mode:
+    neither changes the BN statistics, the mode or the gradients, so the order of calls does not
+    change the results."""
+    model = create_model("resnet8").eval()
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    paths_first = gradients.path_gradients(model, x, y, samples=1)
+    norms = gradients.block_gradient_norms(model, x, y)
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert gradients.path_gradients(model, x, y, samples=1) == paths_first
+    assert gradients.block_gradient_norms(model, x, y) == norms
+
+
+def test_a_deleted_branch_is_not_computed():
+    model = create_model("resnet20").eval()
+    block = model.layer2[0]  # a down-sampling block: its shortcut still runs
+    calls = []
+    block.conv1.register_forward_hook(lambda *a: calls.append("conv1"))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), lesion.deleted([block]):
+        out = model(x)
+    assert calls == [] and out.shape == (2, 10)
+    with torch.no_grad():
+        model(x)
+    assert calls == ["conv1"]

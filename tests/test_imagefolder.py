@@ -167,3 +167,64 @@ def test_pixel_mean_normalisation(small_folder):
     )  # any size
     with pytest.raises(ValueError, match="needs the training dataset"):
         imagenet_normalize("pixel")
+
+
+@pytest.mark.parametrize("empty", ["aaa_first", "zzz_last"])
+def test_an_empty_class_folder_is_named(small_folder, empty):
+    """Sorting first it would shift every label; sorting last it would add a class the data never
+    shows: either way it is an error naming the folder."""
+    from reslab.errors import DataError
+
+    (small_folder / empty).mkdir()
+    (small_folder / empty / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match=rf"class folder {small_folder / empty} holds no"):
+        ImageFolder(small_folder)
+
+
+def test_unreadable_and_oversized_images_are_named(tmp_path):
+    import struct
+    import zlib
+
+    empty = tmp_path / "empty.JPEG"
+    empty.write_bytes(b"")
+    with pytest.raises(CorruptImageError, match=r"cannot read image .*empty\.JPEG"):
+        decode(empty)
+    # a PNG whose header announces 20000 x 20000 pixels: refused before anything is decoded
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(header)) + b"IHDR" + header
+    chunk += struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    idat = b"\x00" * 16
+    chunk += struct.pack(">I", len(idat)) + b"IDAT" + idat
+    chunk += struct.pack(">I", zlib.crc32(b"IDAT" + idat))
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk)
+    with pytest.raises(CorruptImageError, match=r"huge\.png is image size \(400000000 pixels\), above reslab's limit of 89"):  # fmt: skip
+        decode(huge)
+    # below PIL's own bomb check, reslab's limit still applies
+    import reslab.data.imagefolder as imagefolder
+
+    Image.new("RGB", (64, 48)).save(tmp_path / "small.png")
+    imagefolder.MAX_PIXELS, limit = 1000, imagefolder.MAX_PIXELS
+    try:
+        with pytest.raises(CorruptImageError, match=r"small\.png is 64x48 \(0 megapixels\), above"):
+            decode(tmp_path / "small.png")
+    finally:
+        imagefolder.MAX_PIXELS = limit
+
+
+def test_the_pixel_mean_is_fitted_once_with_the_configured_sizes(
+    small_folder, tmp_path_factory, monkeypatch
+):
+    cache = tmp_path_factory.mktemp("run") / "pixel_mean.safetensors"
+    norm = imagenet_normalize("pixel", ImageFolder(small_folder), resize=128, crop=112, cache=cache)
+    assert norm.mean.shape == (1, 3, 112, 112) and cache.is_file()
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(ImageFolder, "__getitem__", no_decoding)
+    again = imagenet_normalize("pixel", ImageFolder(small_folder), resize=128, crop=112, cache=cache)
+    assert torch.equal(again.mean, norm.mean)
+    monkeypatch.undo()
+    other = imagenet_normalize("pixel", ImageFolder(small_folder), resize=128, crop=96, cache=cache)
+    assert other.mean.shape == (1, 3, 96, 96)  # other inputs: fitted anew

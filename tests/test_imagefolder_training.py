@@ -73,3 +73,36 @@ def test_imagefolder_run_eval_and_predict(data_dir, tmp_path, capsys):
     )
     line = capsys.readouterr().out.strip()
     assert line.count("%") == 3 and "n0" in line  # synset names of the training folders
+
+
+def test_training_skips_corrupt_images_when_asked(data_dir, tmp_path):
+    """``data.skip_corrupt=true`` leaves an undecodable image out of training and lists it; the
+    default stops with the file's name."""
+    import shutil
+
+    import pytest
+
+    source = data_dir / "imagenette" / "val"
+    if not source.is_dir():
+        pytest.skip("imagenette not found")
+    root = tmp_path / "data"
+    for cls in sorted(p.name for p in source.iterdir())[:2]:
+        (root / "folder" / cls).mkdir(parents=True)
+        for f in sorted((source / cls).iterdir())[:4]:
+            shutil.copy(f, root / "folder" / cls / f.name)
+    victim = sorted((root / "folder").rglob("*.JPEG"))[1]
+    victim.write_bytes(b"")
+    overrides = [
+        f"data.data_dir={root}", "data.train_dir=folder", "data.eval_dir=folder",
+        "train.iterations=2", "train.batch_size=8", "train.log_every=1", "train.eval_every=0",
+        "data.normalization=channel", "data.scale=[64, 64]", "data.crop=64",
+        "data.test_views=center", "optim.milestones=[1]", "model.options={num_classes: 2}",
+        "data.workers=0", "train.tensorboard=false",
+    ]  # fmt: skip
+    from reslab.errors import DataError
+
+    with pytest.raises(DataError, match=victim.name):
+        fit(load_config("imagenette/resnet18", overrides), tmp_path / "strict", progress=False)
+    cfg = load_config("imagenette/resnet18", [*overrides, "data.skip_corrupt=true"])
+    summary = fit(cfg, tmp_path / "lenient", progress=False)
+    assert summary["status"] == "finished" and str(victim) in summary["skipped_images"]

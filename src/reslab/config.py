@@ -131,15 +131,24 @@ class TrainConfig:
 
 
 @dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+class RunConfig:
+    """What every run's config has: a name, and a plain-dict form."""
+
     name: str = ""  # run name (defaults to the config's name)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class Config(RunConfig):
+    """A classification run: the network, its data, the optimiser and schedule, and the loop's
+    settings (``reslab train CONFIG``)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def check(self) -> None:
         """The rules that tie fields together (each field's own range is checked on load)."""
@@ -261,8 +270,8 @@ def build_dataclass(cls: type, values: Any, prefix: str = "") -> Any:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML with numbers as people write them (``1e-3`` is a float, as in YAML 1.2) and duplicate
-    keys refused (YAML would silently keep the last)."""
+    """YAML as YAML 1.2 reads it where 1.1 surprises: ``1e-3`` is a float, only true/false are
+    booleans; and duplicate keys are refused (YAML would silently keep the last)."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -276,6 +285,14 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# booleans are true/false only (YAML 1.1 also reads yes/no/on/off, so "on" would be True)
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),

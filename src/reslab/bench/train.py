@@ -123,6 +123,15 @@ def reslab_cifar_train(
     return steps * batch / elapsed
 
 
+def _typical_step(model, opt, x: torch.Tensor, y: torch.Tensor) -> None:
+    """The baseline's step as a typical user writes it: eager fp32, ``.item()`` every step."""
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    loss.item()
+
+
 def baseline_cifar_train(
     name: str, images, labels, batch: int, steps: int, warmup: int, device, workers: int = 2
 ) -> float:
@@ -166,12 +175,7 @@ def baseline_cifar_train(
         except StopIteration:
             it = iter(loader)
             x, y = next(it)
-        x, y = x.to(device), y.to(device)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        loss.item()
+        _typical_step(model, opt, x.to(device), y.to(device))
 
     return steps * batch / _time_steps(step, steps, warmup, device)
 
@@ -225,11 +229,7 @@ def synthetic_train(
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
         def step():
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            loss.item()
+            _typical_step(model, opt, x, y)
 
     return steps * batch / _time_steps(step, steps, warmup, device)
 

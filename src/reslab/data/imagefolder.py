@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import math
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -88,13 +89,15 @@ def decode(path: str | Path) -> torch.Tensor:
     try:
         data = read_file(str(path))
         with Image.open(io.BytesIO(data.numpy().tobytes())) as header:  # reads the header only
-            width, height = header.size
-    except (RuntimeError, OSError, ValueError, Image.DecompressionBombError) as err:
+            size = "{}x{} ({:.0f} megapixels)".format(*header.size, math.prod(header.size) / 1e6)
+            too_large = math.prod(header.size) > MAX_PIXELS
+    except Image.DecompressionBombError as err:  # PIL's own check, at twice its limit
+        size, too_large = str(err).split(" exceeds")[0].lower(), True
+    except (RuntimeError, OSError, ValueError) as err:
         raise CorruptImageError(f"cannot read image {path}: {str(err).splitlines()[0]}") from None
-    if width * height > MAX_PIXELS:
+    if too_large:
         raise CorruptImageError(
-            f"image {path} is {width}x{height} ({width * height / 1e6:.0f} megapixels), above "
-            f"reslab's limit of {MAX_PIXELS / 1e6:.0f} megapixels "
+            f"image {path} is {size}, above reslab's limit of {MAX_PIXELS / 1e6:.0f} megapixels "
             "(reslab.data.imagefolder.MAX_PIXELS); downscale it"
         )
     try:
@@ -433,15 +436,16 @@ def eval_loader(
     device: torch.device | str = "cpu",
     limit: int = 0,
     workers: int = 2,
+    on_error: str = "raise",
 ) -> ImageFolderLoader:
     """Test batches of an image folder: ``views`` "center" (shorter side ``resize``, centre
     ``crop``) or "tencrop" (N x 10 x C x H x W, ``batch_size`` counting views); at most ``limit``
-    images spread over the classes (0: all)."""
+    images spread over the classes (0: all); ``on_error`` as :class:`ImageFolder`'s."""
     if views == "tencrop":
         transform, batch_size = TenCrop(resize, crop), max(1, batch_size // 10)
     else:
         transform = CenterCrop(resize, crop)
-    dataset = ImageFolder(root, transform).strided(limit)
+    dataset = ImageFolder(root, transform, on_error).strided(limit)
     return ImageFolderLoader(
         dataset, batch_size, normalize, train=False, workers=workers, device=device
     )

@@ -11,7 +11,6 @@ mAP every ``eval_every``), ``checkpoints/`` (atomic; the same command resumes fr
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from reslab.config import (
     PositiveFloat,
     PositiveInt,
     Range,
+    RunConfig,
     build_dataclass,
     read_config_data,
 )
@@ -103,15 +103,11 @@ class DetTrainConfig:
 
 
 @dataclass
-class DetConfig:
+class DetConfig(RunConfig):
     model: DetModelConfig = field(default_factory=DetModelConfig)
     data: DetDataConfig = field(default_factory=DetDataConfig)
     optim: DetOptimConfig = field(default_factory=DetOptimConfig)
     train: DetTrainConfig = field(default_factory=DetTrainConfig)
-    name: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def check(self) -> None:
         if not self.model.min_size:

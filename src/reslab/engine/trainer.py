@@ -209,7 +209,7 @@ def build_imagefolder(
     def test(views: str) -> ImageFolderLoader:
         return eval_loader(
             root / d.eval_dir, views, d.scale[0], d.crop, t.eval_batch_size, normalize,
-            device=device, limit=d.eval_limit, workers=d.workers,
+            device=device, limit=d.eval_limit, workers=d.workers, on_error=on_error,
         )  # fmt: skip
 
     train = ImageFolderLoader(

@@ -77,6 +77,7 @@ def _write(fig: Any, out: Path, stem: str, data: dict[str, Any], report: str, co
     data = {**data, **made}
     report += f"\nMade by `{made['command']}` (code {made['code_version']}, {made['date']}).\n"
     out.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
     fig.savefig(out / f"{stem}.png", dpi=120)
     plt.close(fig)
     (out / f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")
@@ -124,20 +125,22 @@ def fig6(results: str | Path, schedule: Fraction = Fraction(1), command: str = "
             ax.legend()
     axes[0].set_ylabel("error (%)")
     fig.suptitle("CIFAR-10 training (dashed) and test (bold) error, as in the paper's Fig. 6")
-    fig.tight_layout()
-    report = _fig6_report(data, schedule, stem)
-    return _write(fig, results / "fig6", stem, data, report, command)
+    return _write(fig, results / "fig6", stem, data, _fig6_report(data, schedule, stem), command)
+
+
+def _head(title: str, stem: str, intro: str) -> list[str]:
+    """A report's title, its figure, and the paragraph that says what the table holds."""
+    return [f"# {title}", "", f"![ours]({stem}.png)", "", *([intro, ""] if intro else [])]
 
 
 def _fig6_report(data: dict[str, Any], schedule: Fraction, stem: str) -> str:
     runs = data["runs"]
     lines = [
-        f"# Fig. 6: training and test error of plain and residual nets ({_schedule_text(schedule)})",
-        "",
-        f"![ours]({stem}.png)",
-        "",
-        "Final model of each run (not the best point on the test set), CIFAR-10 test set, percent.",
-        "",
+        *_head(
+            f"Fig. 6: training and test error of plain and residual nets ({_schedule_text(schedule)})",
+            stem,
+            "Final model of each run (not the best point on the test set), CIFAR-10 test set, percent.",
+        ),
         "| model | ours: train error | ours: test error | paper: test error | device | run |",
         "|---|---|---|---|---|---|",
     ]
@@ -229,23 +232,20 @@ def fig7(
         f"{_schedule_text(schedule)}",
         fontsize=10,
     )
-    fig.tight_layout()
-    report = _fig7_report(data, schedule, stem)
-    return _write(fig, results / "fig7", stem, data, report, command)
+    return _write(fig, results / "fig7", stem, data, _fig7_report(data, schedule, stem), command)
 
 
 def _fig7_report(data: dict[str, Any], schedule: Fraction, stem: str) -> str:
     runs = data["runs"]
     images = data["limit"] or 10000
     lines = [
-        f"# Fig. 7: layer responses ({_schedule_text(schedule)})",
-        "",
-        f"![ours]({stem}.png)",
-        "",
-        "Std of each 3x3 layer's output after BN, before ReLU/addition, over "
-        f"{images} CIFAR-10 test images. The paper: residual responses are generally smaller than "
-        "plain ones, and deeper ResNets have smaller responses.",
-        "",
+        *_head(
+            f"Fig. 7: layer responses ({_schedule_text(schedule)})",
+            stem,
+            "Std of each 3x3 layer's output after BN, before ReLU/addition, over "
+            f"{images} CIFAR-10 test images. The paper: residual responses are generally smaller "
+            "than plain ones, and deeper ResNets have smaller responses.",
+        ),
         "| model | layers | mean std | max std | run |",
         "|---|---|---|---|---|",
     ]
@@ -314,18 +314,15 @@ def options(results: str | Path, schedule: Fraction = Fraction(1), command: str 
     ax.set_title(f"Shortcut options A/B/C (Sec. 3.3)\n{_schedule_text(schedule)}", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    report = _options_report(data, schedule, stem)
-    return _write(fig, results / "options", stem, data, report, command)
+    return _write(
+        fig, results / "options", stem, data, _options_report(data, schedule, stem), command
+    )
 
 
 def _options_report(data: dict[str, Any], schedule: Fraction, stem: str) -> str:
     runs = data["runs"]
     lines = [
-        f"# Shortcut options A/B/C on CIFAR-10 ({_schedule_text(schedule)})",
-        "",
-        f"![ours]({stem}.png)",
-        "",
+        *_head(f"Shortcut options A/B/C on CIFAR-10 ({_schedule_text(schedule)})", stem, ""),
         "A: identity shortcuts, zero-padded where the width grows (no parameters); B: 1x1 "
         "projections where the dimensions change, identity elsewhere; C: projections on every "
         "shortcut. Final model of each run, CIFAR-10 test set, percent. The paper compares the "

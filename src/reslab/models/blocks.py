@@ -27,20 +27,35 @@ class _Block(nn.Module):
     whether there is a shortcut at all."""
 
     expansion = 1
+    preact = False  # BN-ReLU before each convolution instead of BN after it
 
-    def _build_shortcut(
-        self, shortcut: ShortcutFactory | None, in_ch: int, out_ch: int, stride: int
-    ):
+    def _build(self, convs: list[nn.Conv2d], shortcut: ShortcutFactory | None, stride: int):
+        """Register ``conv1, bn1, conv2, ...`` (``bn1, conv1, ...`` for pre-activation: the BN
+        normalises the convolution's input), the ReLU and the shortcut, in torchvision's order."""
+        for i, conv in enumerate(convs, 1):
+            bn = nn.BatchNorm2d(conv.in_channels if self.preact else conv.out_channels)
+            pair = ((f"bn{i}", bn), (f"conv{i}", conv))
+            for name, module in pair if self.preact else reversed(pair):
+                setattr(self, name, module)
+        self.relu = nn.ReLU(inplace=not self.preact)
+        self.layers = len(convs)  # weighted layers of the residual branch
+        in_ch, out_ch = convs[0].in_channels, convs[-1].out_channels
         self.residual = shortcut is not None
         self.downsample = shortcut(in_ch, out_ch, stride) if shortcut is not None else None
 
     def zero_init_last(self) -> None:
-        """Zero the last layer of the residual branch so the block starts as its shortcut."""
-        raise NotImplementedError
+        """Zero the branch's last BN scale, so that the block starts as its shortcut."""
+        nn.init.zeros_(getattr(self, f"bn{self.layers}").weight)
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(residual branch output, shortcut output or None for plain blocks), before merging."""
-        raise NotImplementedError
+        """(residual branch output, shortcut output or None for plain blocks), before merging:
+        conv-BN-ReLU for every layer but the last, whose ReLU comes after the merge."""
+        out = x
+        for i in range(1, self.layers + 1):
+            out = getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(out))
+            if i < self.layers:
+                out = self.relu(out)
+        return out, self._shortcut_of(x)
 
     def merge(self, branch: torch.Tensor, shortcut: torch.Tensor | None) -> torch.Tensor:
         """Post-activation merge: add the shortcut (residual blocks only), then ReLU."""
@@ -65,8 +80,8 @@ def _bottleneck_strides(stride: int, stride_in: str) -> tuple[int, int]:
     return (stride, 1) if stride_in == "1x1" else (1, stride)
 
 
-class BasicBlock(_Block):
-    """Two 3x3 convolutions, BN after each, ReLU after the first and after the addition."""
+class _BasicLayers:
+    """Two 3x3 convolutions, the first one strided (post- and pre-activation basic blocks)."""
 
     expansion = 1
 
@@ -74,24 +89,12 @@ class BasicBlock(_Block):
         self, in_ch: int, width: int, stride: int = 1, shortcut: ShortcutFactory | None = None
     ) -> None:
         super().__init__()
-        out_ch = width * self.expansion
-        self.conv1 = conv3x3(in_ch, width, stride)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = conv3x3(width, out_ch)
-        self.bn2 = nn.BatchNorm2d(out_ch)
-        self.relu = nn.ReLU(inplace=True)
-        self._build_shortcut(shortcut, in_ch, out_ch, stride)
-
-    def zero_init_last(self) -> None:
-        nn.init.zeros_(self.bn2.weight)
-
-    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.bn2(self.conv2(out)), self._shortcut_of(x)
+        convs = [conv3x3(in_ch, width, stride), conv3x3(width, width * self.expansion)]
+        self._build(convs, shortcut, stride)
 
 
-class Bottleneck(_Block):
-    """1x1 reduce, 3x3, 1x1 expand (x4). ``stride_in`` names where the down-sampling stride sits:
+class _BottleneckLayers:
+    """1x1 reduce, 3x3, 1x1 expand (x4); ``stride_in`` names where the down-sampling stride sits:
     ``"1x1"`` on the first 1x1 convolution (the paper, "v1") or ``"3x3"`` (torchvision's "v1.5")."""
 
     expansion = 4
@@ -105,24 +108,18 @@ class Bottleneck(_Block):
         stride_in: StrideIn = "1x1",
     ) -> None:
         super().__init__()
-        out_ch = width * self.expansion
         s1, s3 = _bottleneck_strides(stride, stride_in)
-        self.conv1 = conv1x1(in_ch, width, s1)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = conv3x3(width, width, s3)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = conv1x1(width, out_ch)
-        self.bn3 = nn.BatchNorm2d(out_ch)
-        self.relu = nn.ReLU(inplace=True)
-        self._build_shortcut(shortcut, in_ch, out_ch, stride)
+        convs = [conv1x1(in_ch, width, s1), conv3x3(width, width, s3)]
+        self._build([*convs, conv1x1(width, width * self.expansion)], shortcut, stride)
 
-    def zero_init_last(self) -> None:
-        nn.init.zeros_(self.bn3.weight)
 
-    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        return self.bn3(self.conv3(out)), self._shortcut_of(x)
+class BasicBlock(_BasicLayers, _Block):
+    """Two 3x3 convolutions, BN after each, ReLU after the first and after the addition."""
+
+
+class Bottleneck(_BottleneckLayers, _Block):
+    """1x1 reduce, 3x3, 1x1 expand (x4), BN after each; the stride on the first 1x1 (the paper's
+    "v1", ``stride_in="1x1"``) or on the 3x3 (torchvision's "v1.5", ``stride_in="3x3"``)."""
 
 
 class _PreActBlock(_Block):
@@ -131,6 +128,20 @@ class _PreActBlock(_Block):
     A projection shortcut reads the pre-activated input (as in the paper's code); identity and
     zero-padding shortcuts read the raw input, so the identity path carries no BN or ReLU.
     """
+
+    preact = True
+
+    def zero_init_last(self) -> None:
+        """Zero the branch's last convolution, so that the block starts as its shortcut."""
+        nn.init.zeros_(getattr(self, f"conv{self.layers}").weight)
+
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """BN-ReLU-conv for every layer; the first BN-ReLU also feeds a projection shortcut."""
+        preact = self.relu(self.bn1(x))
+        out = self.conv1(preact)
+        for i in range(2, self.layers + 1):
+            out = getattr(self, f"conv{i}")(self.relu(getattr(self, f"bn{i}")(out)))
+        return out, self._preact_shortcut(x, preact)
 
     def _preact_shortcut(self, x: torch.Tensor, preact: torch.Tensor) -> torch.Tensor | None:
         if not self.residual or self.downsample is None:
@@ -146,61 +157,9 @@ class _PreActBlock(_Block):
         return branch if shortcut is None else branch + shortcut
 
 
-class PreActBasicBlock(_PreActBlock):
+class PreActBasicBlock(_BasicLayers, _PreActBlock):
     """BN-ReLU-conv3x3, BN-ReLU-conv3x3, added to the shortcut (no ReLU after the addition)."""
 
-    expansion = 1
 
-    def __init__(
-        self, in_ch: int, width: int, stride: int = 1, shortcut: ShortcutFactory | None = None
-    ) -> None:
-        super().__init__()
-        out_ch = width * self.expansion
-        self.bn1 = nn.BatchNorm2d(in_ch)
-        self.conv1 = conv3x3(in_ch, width, stride)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv2 = conv3x3(width, out_ch)
-        self.relu = nn.ReLU(inplace=False)
-        self._build_shortcut(shortcut, in_ch, out_ch, stride)
-
-    def zero_init_last(self) -> None:
-        nn.init.zeros_(self.conv2.weight)
-
-    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        preact = self.relu(self.bn1(x))
-        out = self.conv2(self.relu(self.bn2(self.conv1(preact))))
-        return out, self._preact_shortcut(x, preact)
-
-
-class PreActBottleneck(_PreActBlock):
+class PreActBottleneck(_BottleneckLayers, _PreActBlock):
     """BN-ReLU-conv1x1, BN-ReLU-conv3x3, BN-ReLU-conv1x1 (x4), added to the shortcut."""
-
-    expansion = 4
-
-    def __init__(
-        self,
-        in_ch: int,
-        width: int,
-        stride: int = 1,
-        shortcut: ShortcutFactory | None = None,
-        stride_in: StrideIn = "1x1",
-    ) -> None:
-        super().__init__()
-        out_ch = width * self.expansion
-        s1, s3 = _bottleneck_strides(stride, stride_in)
-        self.bn1 = nn.BatchNorm2d(in_ch)
-        self.conv1 = conv1x1(in_ch, width, s1)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv2 = conv3x3(width, width, s3)
-        self.bn3 = nn.BatchNorm2d(width)
-        self.conv3 = conv1x1(width, out_ch)
-        self.relu = nn.ReLU(inplace=False)
-        self._build_shortcut(shortcut, in_ch, out_ch, stride)
-
-    def zero_init_last(self) -> None:
-        nn.init.zeros_(self.conv3.weight)
-
-    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        preact = self.relu(self.bn1(x))
-        out = self.conv2(self.relu(self.bn2(self.conv1(preact))))
-        return self.conv3(self.relu(self.bn3(out))), self._preact_shortcut(x, preact)

@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from reslab.errors import ModelError
-from reslab.models.resnet import IMAGENET_DEPTHS, cifar_resnet, imagenet_resnet
+from reslab.models.resnet import IMAGENET_DEPTHS, resnet
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def get_model_spec(name: str) -> ModelSpec:
         cifar_depth = depth > 2 and ((depth - 2) % 6 == 0 or (depth - 2) % 9 == 0)
         if cifar_depth and (explicit or depth not in IMAGENET_DEPTHS):
             fixed = {"depth": depth, "residual": kind != "plain", "preact": kind == "preact_resnet"}
-            return ModelSpec(name, cifar_resnet, fixed, "cifar")
+            return ModelSpec(name, resnet, {**fixed, "stem": "cifar"}, "cifar")
     raise ModelError(
         f"unknown model {name!r}; valid names: {', '.join(list_models())}; CIFAR networks also "
         "accept any depth 6n+2 (basic blocks) or 9n+2 (block='bottleneck') as resnet<depth>/plain<depth>/preact_resnet<depth> (e.g. resnet26), "
@@ -94,29 +94,26 @@ def create_model(name: str, **options: Any) -> nn.Module:
     return get_model_spec(name).build(**options)
 
 
+# stem -> (residual depths, plain depths, pre-activation (depth, block) pairs) of the paper
+PAPER_MODELS = {
+    "imagenet": (IMAGENET_DEPTHS, IMAGENET_DEPTHS, [(d, None) for d in IMAGENET_DEPTHS]),
+    "cifar": (
+        (20, 32, 44, 56, 110, 1202),
+        (20, 32, 44, 56, 110),
+        [(110, None), (164, "bottleneck"), (1001, "bottleneck")],
+    ),
+}
+
+
 def _register_paper_models() -> None:
-    for depth in IMAGENET_DEPTHS:
-        register_model(f"resnet{depth}", imagenet_resnet, "imagenet", depth=depth)
-    for depth in IMAGENET_DEPTHS:
-        register_model(f"plain{depth}", imagenet_resnet, "imagenet", depth=depth, residual=False)
-    for depth in IMAGENET_DEPTHS:
-        register_model(
-            f"preact_resnet{depth}", imagenet_resnet, "imagenet", depth=depth, preact=True
-        )
-    for depth in (20, 32, 44, 56, 110, 1202):
-        register_model(f"resnet{depth}", cifar_resnet, "cifar", depth=depth)
-    for depth in (20, 32, 44, 56, 110):
-        register_model(f"plain{depth}", cifar_resnet, "cifar", depth=depth, residual=False)
-    register_model("preact_resnet110", cifar_resnet, "cifar", depth=110, preact=True)
-    for depth in (164, 1001):
-        register_model(
-            f"preact_resnet{depth}",
-            cifar_resnet,
-            "cifar",
-            depth=depth,
-            preact=True,
-            block="bottleneck",
-        )
+    for stem, (residual, plain, preact) in PAPER_MODELS.items():
+        for depth in residual:
+            register_model(f"resnet{depth}", resnet, stem, depth=depth, stem=stem)
+        for depth in plain:
+            register_model(f"plain{depth}", resnet, stem, depth=depth, stem=stem, residual=False)
+        for depth, block in preact:
+            fixed = {"depth": depth, "stem": stem, "preact": True}
+            register_model(f"preact_resnet{depth}", resnet, stem, **fixed, **({"block": block} if block else {}))  # fmt: skip
 
 
 _register_paper_models()

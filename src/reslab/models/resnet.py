@@ -170,7 +170,7 @@ def _resolve_shortcut(
 def _check_options(
     residual: bool, zero_init_residual: bool, stride_in: str, shortcut_pad: str
 ) -> None:
-    """The options' values, checked once here for every builder."""
+    """The options' values, checked once here for every network."""
     if stride_in not in STRIDE_IN_CHOICES:
         raise ModelError(f"stride_in={stride_in!r} is invalid; valid choices: '1x1', '3x3'")
     if shortcut_pad not in PAD_WHERE_CHOICES:
@@ -184,67 +184,8 @@ def _check_options(
         )
 
 
-ARCH_KEYS = (
-    "family", "depth", "residual", "preact", "block", "shortcut", "stride_in", "shortcut_pad",
-    "zero_init_residual", "num_classes", "in_chans",
-)  # fmt: skip
-
-
-def _arch(args: dict[str, Any], family: str, default_shortcut: str) -> dict[str, Any]:
-    """The complete architecture a builder made, every option resolved (``model.arch``): what a
-    weights file records, and what loading compares."""
-    arch = {k: args.get(k) for k in ARCH_KEYS}
-    arch["family"] = family
-    arch["block"] = args.get("block") or IMAGENET_DEPTHS[args["depth"]][0]
-    arch["shortcut"] = (args["shortcut"] or default_shortcut) if args["residual"] else None
-    if arch["shortcut"] != "A":
-        arch["shortcut_pad"] = None  # only option A pads
-    if arch["block"] != "bottleneck":
-        arch["stride_in"] = None  # only bottlenecks have a 1x1 to put the stride on
-    return arch
-
-
-def imagenet_resnet(
-    depth: int,
-    *,
-    residual: bool = True,
-    preact: bool = False,
-    shortcut: str | None = None,
-    stride_in: StrideIn = "1x1",
-    shortcut_pad: PadWhere = "after",
-    zero_init_residual: bool = False,
-    num_classes: int = 1000,
-    in_chans: int = 3,
-) -> ResNet:
-    """ImageNet-family network of ``depth`` in {18, 34, 50, 101, 152} (Table 1).
-
-    ``shortcut`` defaults to option "B"; ``stride_in`` "1x1" is the paper's bottleneck ("v1"),
-    "3x3" torchvision's "v1.5"; ``residual=False`` gives the plain network.
-    """
-    if depth not in IMAGENET_DEPTHS:
-        raise ModelError(
-            f"ImageNet depth {depth} is invalid; valid choices: {', '.join(map(str, IMAGENET_DEPTHS))}"
-        )
-    _check_options(residual, zero_init_residual, stride_in, shortcut_pad)
-    kind, layers = IMAGENET_DEPTHS[depth]
-    model = ResNet(
-        BLOCKS[kind, preact],
-        layers,
-        IMAGENET_WIDTHS,
-        stem="imagenet",
-        shortcut=_resolve_shortcut(residual, shortcut, "B", preact, shortcut_pad),
-        preact=preact,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        zero_init_residual=zero_init_residual,
-        block_args={"stride_in": stride_in} if kind == "bottleneck" else None,
-    )
-    model.arch = _arch(locals(), "imagenet", "B")
-    return model
-
-
 def cifar_blocks_per_stage(depth: int, block: str = "basic") -> int:
-    """n such that ``depth`` = 6n+2 (basic blocks) or 9n+2 (bottlenecks); ValueError otherwise."""
+    """n such that ``depth`` = 6n+2 (basic blocks) or 9n+2 (bottlenecks); ModelError otherwise."""
     if block not in CIFAR_LAYERS_PER_BLOCK:
         raise ModelError(f"block={block!r} is invalid; valid choices: 'basic', 'bottleneck'")
     per_stage = 3 * CIFAR_LAYERS_PER_BLOCK[block]
@@ -258,39 +199,86 @@ def cifar_blocks_per_stage(depth: int, block: str = "basic") -> int:
     return n
 
 
-def cifar_resnet(
+def _stages(stem: str, depth: int, block: str | None) -> tuple[str, tuple[int, ...]]:
+    """(block kind, blocks per stage) of a ``stem`` family network of ``depth``."""
+    if stem == "cifar":
+        n = cifar_blocks_per_stage(depth, block or "basic")
+        return block or "basic", (n, n, n)
+    if stem != "imagenet":
+        raise ModelError(f"stem={stem!r} is invalid; valid choices: 'imagenet', 'cifar'")
+    if depth not in IMAGENET_DEPTHS:
+        raise ModelError(
+            f"ImageNet depth {depth} is invalid; valid choices: {', '.join(map(str, IMAGENET_DEPTHS))}"
+        )
+    kind, layers = IMAGENET_DEPTHS[depth]
+    if block not in (None, kind):
+        raise ModelError(f"ImageNet depth {depth} has {kind} blocks (block={block!r} given)")
+    return kind, layers
+
+
+def resnet(
     depth: int,
     *,
+    stem: str,
     residual: bool = True,
     preact: bool = False,
-    block: str = "basic",
     shortcut: str | None = None,
     stride_in: StrideIn = "1x1",
     shortcut_pad: PadWhere = "after",
+    block: str | None = None,
     zero_init_residual: bool = False,
-    num_classes: int = 10,
+    num_classes: int | None = None,
     in_chans: int = 3,
 ) -> ResNet:
-    """CIFAR-family network (Sec. 4.2): 6n+2 layers with basic blocks, 9n+2 with bottlenecks.
+    """Any network of the paper: ``stem="imagenet"`` (Table 1: ``depth`` in {18, 34, 50, 101,
+    152}, 1000 classes, option B shortcuts by default) or ``stem="cifar"`` (Sec. 4.2: 6n+2 layers
+    of basic blocks or 9n+2 of bottlenecks, 10 classes, option A shortcuts by default, B for
+    pre-activation nets as in the Identity Mappings paper).
 
-    ``shortcut`` defaults to option "A" (the paper's CIFAR nets), and to "B" for pre-activation
-    nets (the Identity Mappings paper's projection shortcuts).
+    ``stride_in`` "1x1" is the paper's bottleneck ("v1"), "3x3" torchvision's "v1.5";
+    ``residual=False`` gives the plain network; ``preact=True`` the pre-activation one. The
+    resolved options are recorded as ``model.arch``.
     """
-    n = cifar_blocks_per_stage(depth, block)
+    block, layers = _stages(stem, depth, block)
     _check_options(residual, zero_init_residual, stride_in, shortcut_pad)
+    default_shortcut = "B" if stem == "imagenet" or preact else "A"
+    if num_classes is None:
+        num_classes = 1000 if stem == "imagenet" else 10
     model = ResNet(
         BLOCKS[block, preact],
-        (n, n, n),
-        CIFAR_WIDTHS,
-        stem="cifar",
-        shortcut=_resolve_shortcut(
-            residual, shortcut, "B" if preact else "A", preact, shortcut_pad
-        ),
+        layers,
+        IMAGENET_WIDTHS if stem == "imagenet" else CIFAR_WIDTHS,
+        stem=stem,
+        shortcut=_resolve_shortcut(residual, shortcut, default_shortcut, preact, shortcut_pad),
         preact=preact,
         num_classes=num_classes,
         in_chans=in_chans,
         zero_init_residual=zero_init_residual,
         block_args={"stride_in": stride_in} if block == "bottleneck" else None,
     )
-    model.arch = _arch(locals(), "cifar", "B" if preact else "A")
+    model.arch = {
+        "family": stem,
+        "depth": depth,
+        "residual": residual,
+        "preact": preact,
+        "block": block,
+        "shortcut": (shortcut or default_shortcut) if residual else None,
+        "stride_in": stride_in if block == "bottleneck" else None,  # where a 1x1 can take it
+        "shortcut_pad": shortcut_pad
+        if residual and (shortcut or default_shortcut) == "A"
+        else None,
+        "zero_init_residual": zero_init_residual,
+        "num_classes": num_classes,
+        "in_chans": in_chans,
+    }
     return model
+
+
+def imagenet_resnet(depth: int, **options: Any) -> ResNet:
+    """ImageNet-family network of ``depth`` (Table 1): :func:`resnet` with ``stem="imagenet"``."""
+    return resnet(depth, stem="imagenet", **options)
+
+
+def cifar_resnet(depth: int, **options: Any) -> ResNet:
+    """CIFAR-family network of ``depth`` (Sec. 4.2): :func:`resnet` with ``stem="cifar"``."""
+    return resnet(depth, stem="cifar", **options)

@@ -106,7 +106,22 @@ def test_negative_limits_and_topk_are_refused(capsys, tmp_path):
 # ---- runs: divergence, locks, resume rules, damaged checkpoints ---------------------------------
 
 
-def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
+def _interrupt_after(steps: int, monkeypatch) -> None:
+    """SIGINT arrives during training step ``steps`` (the run checkpoints there and stops)."""
+    real_step, calls = trainer_module.train_step, {"n": 0}
+
+    def step_then_interrupt(*args, **kwargs):
+        real_step(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == steps:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(trainer_module, "train_step", step_then_interrupt)
+
+
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(
+    tiny_config, tmp_path, monkeypatch
+):
     """NaN weights from iteration 7 on: the run stops at the next check (the log at 8), names the
     iteration and the lr, leaves the checkpoint of iteration 6 as it was and writes no final
     weights."""
@@ -141,7 +156,9 @@ def test_a_huge_learning_rate_exits_2_without_weights(data_dir, tmp_path, capsys
     out = tmp_path / "lr"
     assert main(_tiny_args(data_dir, out, "optim.lr=1e6")) == 2
     err = capsys.readouterr().err
-    assert re.match(r"reslab train: error: training diverged by iteration \d+ \(lr (1e\+06|100000)\)", err)
+    assert re.match(
+        r"reslab train: error: training diverged by iteration \d+ \(lr (1e\+06|100000)\)", err
+    )
     assert err.count("\n") == 1 and "start over with --restart" in err
     assert not (out / "model.safetensors").exists() and not (out / "summary.json").exists()
 
@@ -175,16 +192,7 @@ def test_a_killed_process_does_not_leave_the_lock_stuck(tmp_path):
 
 def test_a_run_of_another_config_is_refused_naming_the_keys(tiny_config, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    calls = {"n": 0}
-    real_step = trainer_module.train_step
-
-    def step_then_interrupt(*args, **kwargs):
-        real_step(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 4:
-            signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(trainer_module, "train_step", step_then_interrupt)
+    _interrupt_after(4, monkeypatch)
     assert fit(tiny_config(), run, progress=False)["status"] == "interrupted"
     monkeypatch.undo()
     changed = tiny_config(**{"train.batch_size": 16, "optim.lr": 0.05})
@@ -198,7 +206,7 @@ def test_a_run_of_another_config_is_refused_naming_the_keys(tiny_config, tmp_pat
     assert restarted["status"] == "finished" and restarted["batch_size"] == 16
     # a finished run is returned only for its own config
     assert fit(changed, run, progress=False)["date"] == restarted["date"]
-    with pytest.raises(RunError, match="train.batch_size: 16 -> 32"):
+    with pytest.raises(RunError, match=r"train\.batch_size: 16 -> 32"):
         fit(tiny_config(**{"optim.lr": 0.05}), run, progress=False)
 
 
@@ -226,19 +234,13 @@ def test_reproduce_refuses_a_changed_set_and_restarts_on_request(data_dir, tmp_p
     assert summary["batch_size"] == 128 and summary["iterations"] == 5
 
 
-def test_a_truncated_newest_checkpoint_falls_back_to_the_previous(tiny_config, tmp_path, monkeypatch):
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous(
+    tiny_config, tmp_path, monkeypatch
+):
     cfg = tiny_config(**{"train.keep_checkpoints": 3})
     straight = fit(cfg, tmp_path / "straight", progress=False)
     run = tmp_path / "run"
-    real_step, calls = trainer_module.train_step, {"n": 0}
-
-    def step_then_interrupt(*args, **kwargs):
-        real_step(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 7:
-            signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(trainer_module, "train_step", step_then_interrupt)
+    _interrupt_after(7, monkeypatch)
     fit(cfg, run, progress=False)
     monkeypatch.undo()
     newest = run / "checkpoints" / "ckpt_0000007.pt"

@@ -223,7 +223,9 @@ def test_the_pixel_mean_is_fitted_once_with_the_configured_sizes(
         raise AssertionError("decoded again")
 
     monkeypatch.setattr(ImageFolder, "__getitem__", no_decoding)
-    again = imagenet_normalize("pixel", ImageFolder(small_folder), resize=128, crop=112, cache=cache)
+    again = imagenet_normalize(
+        "pixel", ImageFolder(small_folder), resize=128, crop=112, cache=cache
+    )
     assert torch.equal(again.mean, norm.mean)
     monkeypatch.undo()
     other = imagenet_normalize("pixel", ImageFolder(small_folder), resize=128, crop=96, cache=cache)

@@ -47,8 +47,12 @@ def test_weights_record_the_complete_architecture(tmp_path):
     ("saved", "asked", "words"),
     [
         (("resnet50", {"stride_in": "3x3"}), ("resnet50", {}), ("stride_in=3x3", "stride_in=1x1")),
-        (("resnet8", {"shortcut_pad": "both"}), ("resnet8", {}), ("shortcut_pad=both", "shortcut_pad=after")),  # fmt: skip
-        (("resnet8", {"shortcut": "B"}), ("resnet8", {"shortcut": "A"}), ("shortcut=B", "shortcut=A")),  # fmt: skip
+        (("resnet8", {"shortcut_pad": "both"}), ("resnet8", {}), ("pad=both", "pad=after")),
+        (
+            ("resnet8", {"shortcut": "B"}),
+            ("resnet8", {"shortcut": "A"}),
+            ("shortcut=B", "shortcut=A"),
+        ),
         (("resnet8", {}), ("plain8", {}), ("residual=True", "residual=False")),
     ],
 )

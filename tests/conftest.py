@@ -50,6 +50,28 @@ def tiny_config(data_dir):
     return make
 
 
+@pytest.fixture
+def interrupt_after(monkeypatch):
+    """``interrupt_after(n)``: SIGINT arrives during the engine's training step n (the run
+    checkpoints there and stops); ``monkeypatch.undo()`` ends it."""
+    import signal
+
+    from reslab.engine import trainer
+
+    def arm(steps: int) -> None:
+        real_step, calls = trainer.train_step, {"n": 0}
+
+        def step_then_interrupt(*args, **kwargs):
+            real_step(*args, **kwargs)
+            calls["n"] += 1
+            if calls["n"] == steps:
+                signal.raise_signal(signal.SIGINT)
+
+        monkeypatch.setattr(trainer, "train_step", step_then_interrupt)
+
+    return arm
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

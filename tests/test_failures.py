@@ -106,19 +106,6 @@ def test_negative_limits_and_topk_are_refused(capsys, tmp_path):
 # ---- runs: divergence, locks, resume rules, damaged checkpoints ---------------------------------
 
 
-def _interrupt_after(steps: int, monkeypatch) -> None:
-    """SIGINT arrives during training step ``steps`` (the run checkpoints there and stops)."""
-    real_step, calls = trainer_module.train_step, {"n": 0}
-
-    def step_then_interrupt(*args, **kwargs):
-        real_step(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == steps:
-            signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(trainer_module, "train_step", step_then_interrupt)
-
-
 def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(
     tiny_config, tmp_path, monkeypatch
 ):
@@ -190,9 +177,11 @@ def test_a_killed_process_does_not_leave_the_lock_stuck(tmp_path):
     assert not (tmp_path / ".lock").exists()
 
 
-def test_a_run_of_another_config_is_refused_naming_the_keys(tiny_config, tmp_path, monkeypatch):
+def test_a_run_of_another_config_is_refused_naming_the_keys(
+    tiny_config, tmp_path, monkeypatch, interrupt_after
+):
     run = tmp_path / "run"
-    _interrupt_after(4, monkeypatch)
+    interrupt_after(4)
     assert fit(tiny_config(), run, progress=False)["status"] == "interrupted"
     monkeypatch.undo()
     changed = tiny_config(**{"train.batch_size": 16, "optim.lr": 0.05})
@@ -235,12 +224,12 @@ def test_reproduce_refuses_a_changed_set_and_restarts_on_request(data_dir, tmp_p
 
 
 def test_a_truncated_newest_checkpoint_falls_back_to_the_previous(
-    tiny_config, tmp_path, monkeypatch
+    tiny_config, tmp_path, monkeypatch, interrupt_after
 ):
     cfg = tiny_config(**{"train.keep_checkpoints": 3})
     straight = fit(cfg, tmp_path / "straight", progress=False)
     run = tmp_path / "run"
-    _interrupt_after(7, monkeypatch)
+    interrupt_after(7)
     fit(cfg, run, progress=False)
     monkeypatch.undo()
     newest = run / "checkpoints" / "ckpt_0000007.pt"

@@ -177,3 +177,29 @@ def test_a_recorded_run_keeps_the_command_that_trained_it(tmp_path):
     (src / "summary.json").write_text(json.dumps({"device": "CPU x", "date": "d2"}))
     record(run, src, tmp_path / "results", "reslab reproduce fig7")
     assert json.loads((target / "summary.json").read_text())["command"].endswith("fig7")
+
+
+def test_packed_seeds_go_into_the_ledger_with_table6(data_dir, tmp_path, capsys):
+    """``--concurrent 2``: two seeds trained at once (two one-thread processes), both recorded;
+    Table 6 and the ledger report give mean ± std over them; a bad --concurrent is one line."""
+    results = tmp_path / "results"
+    args = [
+        "reproduce", "table6", "--schedule", "1/12800", "--only", "resnet20", "--seeds", "2",
+        "--results", str(results), "--runs-dir", str(tmp_path / "runs"), "--data-dir",
+        str(data_dir), "--no-progress", "--set", "train.eval_every=0",
+        "--set", "data.eval_split=val5k", "--set", "train.batch_size=32",
+    ]  # fmt: skip
+    assert main([*args, "--concurrent", "0"]) == 2
+    assert "--concurrent '0': expected a number >= 1 or auto" in capsys.readouterr().err
+    assert main([*args, "--concurrent", "2"]) == 0
+    runs = [json.loads((results / "table6" / f"resnet20-seed{s}-sched1of12800" / "summary.json").read_text()) for s in (0, 1)]  # fmt: skip
+    assert [r["seed"] for r in runs] == [0, 1] and all("(1 threads)" in r["device"] for r in runs)
+    errors = [r["test_error"] for r in runs]
+    md = (results / "table6" / "table6-sched1of12800.md").read_text()
+    mean = sum(errors) / 2
+    assert f"| resnet20 | CPU | 2 | {mean:.2f} ± " in md and "| 8.75 |" in md
+    assert (results / "table6" / "table6-sched1of12800.png").stat().st_size > 10_000
+    assert (
+        f"| table6 | resnet20 | 1/12800 | 8.75 | {mean:.2f} ± "
+        in (results / "README.md").read_text()
+    )

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from reslab.errors import ReslabError
 
 DEVICES = ("auto", "cpu", "cuda")
+MAIN_PROCESS = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 prints
 
 
 def _at_least(low: int):
@@ -29,10 +30,6 @@ def _at_least(low: int):
 
 
 _nonnegative, _positive = _at_least(0), _at_least(1)
-
-
-def _main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 prints
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -57,7 +54,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def _report(summary: dict) -> int:
     from reslab.engine.trainer import summary_lines
 
-    if _main_process():
+    if MAIN_PROCESS:
         print("\n".join(summary_lines(summary)))
     return 0 if summary["status"] == "finished" else 130
 
@@ -70,7 +67,7 @@ def _train(args: argparse.Namespace, extra: Sequence[str] = ()) -> dict:
     machine += [f"train.device={args.device}"] * bool(args.device)
     cfg = load_config(args.config, [*extra, *args.overrides, *machine])
     out = args.out or f"runs/{cfg.name}"
-    if _main_process():
+    if MAIN_PROCESS:
         print(f"run directory: {out}", flush=True)
     progress, resume = not getattr(args, "no_progress", False), getattr(args, "resume", False)
     return fit(cfg, out, restart=args.restart, require_checkpoint=resume, progress=progress)
@@ -86,7 +83,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.config, args.overrides = "cifar10/resnet20", []
     summary = _train(args, demo_overrides(args.iterations))
     code = _report(summary)
-    if code == 0 and _main_process():
+    if code == 0 and MAIN_PROCESS:
         accuracy = 100 - summary["test_error"]
         print(f"reslab demo: CIFAR-10 test accuracy of ResNet-20 after {args.iterations} iterations: {accuracy:.2f}%")  # fmt: skip
     return code
@@ -154,7 +151,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         args.experiment, parse_schedule(args.schedule), seeds=args.seeds, only=args.only,
         data_dir=args.data_dir, device=args.device, runs_dir=args.runs_dir,
         results_dir=args.results, argv=args.argv, progress=not args.no_progress,
-        overrides=args.overrides, restart=args.restart,
+        overrides=args.overrides, restart=args.restart, concurrent=args.concurrent,
     )  # fmt: skip
     codes = [_report(s) for s in summaries]
     print("\n".join(f"wrote {path}" for path in written))
@@ -172,8 +169,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from reslab.bench import run_and_record, table
 
     command = "reslab " + shlex.join(args.argv)
-    rows, path = run_and_record(args.kind, args.out, command, args.note, vars(args))
-    print(f"{table(args.kind, rows)}\nwrote {path}")
+    rows, path, kind = run_and_record(args.kind, args.out, command, args.note, vars(args))
+    print(f"{table(kind, rows)}\nwrote {path}")
     return 0
 
 
@@ -239,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "nets of the schedule and measures their layer responses")  # fmt: skip
     p.add_argument("--schedule", default="1", help="fraction of the paper's iterations, e.g. 1/8 (default 1)")  # fmt: skip
     p.add_argument("--seeds", type=_positive, default=1, help="runs per model (seeds 0..K-1)")
+    p.add_argument("--concurrent", default="1", help="runs trained at once on the device: a number, or auto (measured choice)")  # fmt: skip
     p.add_argument("--only", nargs="+", help="only these models of the experiment")
     p.add_argument("--runs-dir", default="runs/reproduce", help="where checkpoints live")
     p.add_argument("--results", default="results", help="the ledger")
@@ -271,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", choices=["data", "train"], help="input pipelines, or training/inference")
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56", "resnet110", "resnet50"])
     p.add_argument("--steps", type=_positive, default=20, help="timed training steps per model")
+    p.add_argument("--concurrent", type=_positive, nargs="+", help="measure N runs trained at once against one alone (packed runs)")  # fmt: skip
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--compile", default="auto", choices=["auto", "false", "default", "reduce-overhead", "max-autotune"],
                    help="torch.compile mode of reslab's path (auto: the engine's default)")  # fmt: skip

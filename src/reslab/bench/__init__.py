@@ -17,8 +17,9 @@ from typing import Any
 
 def run_and_record(
     kind: str, out: str | Path, command: str, note: str = "", options: dict[str, Any] | None = None
-) -> tuple[list[dict[str, Any]], Path]:
-    """Run the ``kind`` benchmark and record it under ``out``; returns (rows, record path).
+) -> tuple[list[dict[str, Any]], Path, str]:
+    """Run the ``kind`` benchmark and record it under ``out``; returns (rows, record path, the
+    kind recorded: ``train`` with ``concurrent`` N values is ``train-concurrent``).
     ``options`` may hold more than the keyword arguments of :func:`reslab.bench.data.run` or
     :func:`reslab.bench.train.run`: those are passed (unless None), the rest ignored."""
     import inspect
@@ -27,16 +28,20 @@ def run_and_record(
 
     from reslab.engine.runtime import code_version, describe_device
 
+    options = options or {}
+    device = options.get("device") or "cpu"
     if kind == "data":
         from reslab.bench.data import run
 
         device = "cpu"
+    elif options.get("concurrent"):  # packed runs against one alone
+        from reslab.bench.concurrent import run
+
+        kind = "train-concurrent"
     else:
         from reslab.bench.train import run
-
-        device = (options or {}).get("device") or "cpu"
     accepted = inspect.signature(run).parameters
-    rows = run(**{k: v for k, v in (options or {}).items() if k in accepted and v is not None})
+    rows = run(**{k: v for k, v in options.items() if k in accepted and v is not None})
     now = dt.datetime.now(dt.UTC)
     record = {
         "kind": kind,
@@ -49,13 +54,25 @@ def run_and_record(
         "results": rows,
     }
     path = Path(out) / f"{now:%Y-%m-%d}-{device}-{kind}.json"
+    for n in range(2, 1000):  # a record of the same day is kept: this one gets the next number
+        if not path.exists():
+            break
+        path = path.with_name(f"{now:%Y-%m-%d}-{device}-{kind}-{n}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
-    return rows, path
+    return rows, path, kind
 
 
 def table(kind: str, rows: list[dict[str, Any]]) -> str:
     """The rows of a ``kind`` benchmark as a text table, each against its baseline."""
+    if kind == "train-concurrent":
+        lines = [f"{'model':<10} {'mode':<10} {'N':>3} {'threads/run':>11} {'aggregate img/s':>16} {'alone':>8} {'ratio':>6}"]  # fmt: skip
+        for r in rows:
+            lines.append(
+                f"{r['model']:<10} {r['mode']:<10} {r['concurrent']:>3} {r['threads_per_run']:>11} "
+                f"{r['aggregate_images_per_s']:>16.0f} {r['alone_images_per_s']:>8.0f} {r['ratio']:>5.2f}x"
+            )
+        return "\n".join(lines)
     if kind == "data":
         lines = [f"{'benchmark':<24} {'images/s':>10} {'baseline':>10} {'ratio':>6}"]
         for r in rows:

@@ -72,20 +72,20 @@ def _compile(model: torch.nn.Module, mode: str | None) -> torch.nn.Module:
     return torch.compile(model, mode=mode, dynamic=False)
 
 
-def reslab_cifar_train(
+def engine_step(
     name: str,
     images,
     labels,
     batch: int,
-    steps: int,
-    warmup: int,
     device,
     compile: str | None = None,
     cuda_graph: bool = False,
-) -> float:
-    """Images/s of the engine's CIFAR training step (loader + step, metrics on the device);
-    ``compile`` is a ``torch.compile`` mode or None (eager); ``cuda_graph`` replays the whole step
-    from one CUDA graph (:class:`~reslab.engine.graphed.GraphedStep`, eager on CPU)."""
+    warmup: int = 3,
+):
+    """One call = one step of the engine's CIFAR training (loader + step, metrics on the device),
+    as ``fit`` runs it; ``compile`` is a ``torch.compile`` mode or None (eager); ``cuda_graph``
+    replays the whole step from one CUDA graph (:class:`~reslab.engine.graphed.GraphedStep`,
+    eager on CPU). The returned function's ``window`` attribute holds the metric sums."""
     from reslab.data.loaders import TensorLoader
     from reslab.data.transforms import Normalize
     from reslab.engine.graphed import GraphedStep
@@ -118,8 +118,25 @@ def reslab_cifar_train(
         if state.advance(len(step)):
             step.start_epoch(state.epoch)
 
+    one_step.window = window
+    return one_step
+
+
+def reslab_cifar_train(
+    name: str,
+    images,
+    labels,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device,
+    compile: str | None = None,
+    cuda_graph: bool = False,
+) -> float:
+    """Images/s of :func:`engine_step`."""
+    one_step = engine_step(name, images, labels, batch, device, compile, cuda_graph, warmup)
     elapsed = _time_steps(one_step, steps, warmup, device)
-    window.tolist()  # the one read, after timing (the engine reads every log interval)
+    one_step.window.tolist()  # the one read, after timing (the engine reads every log interval)
     return steps * batch / elapsed
 
 

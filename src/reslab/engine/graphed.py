@@ -143,6 +143,7 @@ class GraphedStep:
             return
         self.model.zero_grad(set_to_none=True)  # the graph allocates (and rewrites) the gradients
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: packed runs capture their graphs while others run on their own streams
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self._body()
         self.graph.replay()  # capturing records the step without running it

@@ -13,12 +13,12 @@ the rules for resuming, restarting and locking a run directory).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import random
 import resource
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -107,8 +107,8 @@ class Meter:
 
     def tick(self, state: TrainState) -> None:
         """Add the training time since the last tick (or resume) to the clocks."""
-        if self.window.is_cuda:
-            torch.cuda.synchronize(self.window.device)
+        if self.window.is_cuda:  # this run's stream (packed runs share the device)
+            torch.cuda.current_stream(self.window.device).synchronize()
         now = time.perf_counter()
         self.train_s += now - self._since
         state.train_time_s += now - self._since
@@ -309,23 +309,41 @@ def make_step(cfg, core, optimizer, loader, window, info, device):
     return step, {"compile": mode or "off", "cuda_graph": "off"}
 
 
+_INIT_LOCK = threading.Lock()
+_STOP = threading.Event()  # SIGINT/SIGTERM arrived: every training loop of the process stops
+
+
 class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step.
+
+    The handlers are installed by the outermost ``StopRequest`` of the main thread, which clears
+    the flag on entry; others (nested, or in the threads of packed runs) read the same flag."""
+
+    _depth = 0
 
     def __init__(self) -> None:
-        self.requested = False
         self._previous: dict[int, Any] = {}
 
+    @property
+    def requested(self) -> bool:
+        return _STOP.is_set()
+
     def __enter__(self) -> StopRequest:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread
-                self._previous[sig] = signal.signal(sig, self._handle)
+        if threading.current_thread() is threading.main_thread():
+            if StopRequest._depth == 0:
+                _STOP.clear()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    self._previous[sig] = signal.signal(sig, self._handle)
+            StopRequest._depth += 1
         return self
 
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
+    @staticmethod
+    def _handle(signum, frame) -> None:
+        _STOP.set()
 
     def __exit__(self, *exc) -> None:
+        if threading.current_thread() is threading.main_thread():
+            StopRequest._depth -= 1
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
@@ -376,8 +394,9 @@ def _train(
         for folder in (run_dir, run_dir / "checkpoints"):
             remove_temporaries(folder)  # left by a process killed while writing (we hold the lock)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    seed_everything(t.seed)
-    core = build_model(cfg, device)
+    with _INIT_LOCK:  # the global RNG: packed runs in threads initialise one at a time
+        seed_everything(t.seed)
+        core = build_model(cfg, device)
     optimizer = PaperSGD(
         core.parameters(), cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay
     )
@@ -645,6 +664,8 @@ def _summary(cfg, state, meter, result, info, device, step_kind, schedule, versi
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """What ``reslab train`` prints of a run's summary: a sentence, then a JSON line."""
+    if summary["status"] == "not started":  # a packed run that a stop came before
+        return ["not started (stopped before its turn); run the same command again to train it"]
     if summary["status"] != "finished":
         return [
             f"interrupted at iteration {summary['iteration']}; checkpoint {summary['checkpoint']}; "

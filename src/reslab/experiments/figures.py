@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from reslab.engine.logging import read_jsonl
+from reslab.errors import MissingFileError
 from reslab.experiments import paper
-from reslab.experiments.ledger import finished_runs, schedule_tag
+from reslab.experiments.ledger import collect, finished_runs, schedule_tag
 
 
 def _schedule_text(schedule: Fraction) -> str:
@@ -352,4 +353,92 @@ def _options_report(data: dict[str, Any], schedule: Fraction, stem: str) -> str:
             f"{len(errs)} options (the paper's ImageNet spread: {spread_paper:.2f})"
         )
     lines.append("- seed 0 only: differences of a few tenths are within seed-to-seed noise")
+    return "\n".join(lines) + "\n"
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return {"n": n, "mean": mean, "std": std, "best": min(values), "values": values}
+
+
+def _mean_text(s: dict[str, Any]) -> str:
+    return f"{s['mean']:.2f}" if s["n"] == 1 else f"{s['mean']:.2f} ± {s['std']:.2f}"
+
+
+def table6(results: str | Path, schedule: Fraction = Fraction(1), command: str = "") -> Path:
+    """Table 6 from the ledger: CIFAR-10 test error of the final models against depth, ours as
+    mean ± std over seeds (CPU and GPU runs apart) beside the paper's, with ResNet-1202 and the
+    pre-activation nets as they arrive. Writes ``results/table6/table6[-schedK].{png,json,md}``."""
+    plt = _pyplot()
+
+    results = Path(results)
+    wanted = "paper" if schedule == 1 else str(schedule)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in collect(results):
+        if run["experiment"] in ("table6", "resnet1202", "preact") and run["schedule"] == wanted:
+            kind = "CPU" if run["device"].startswith("CPU") else "GPU"
+            groups.setdefault((run["model"], kind), []).append(run)
+    if not groups:
+        raise MissingFileError(
+            f"no finished table6 runs of schedule {schedule} under {results}; run "
+            f"`reslab reproduce table6 --schedule {schedule}` first"
+        )
+    data: dict[str, Any] = {"schedule": str(schedule), "rows": []}
+    for (model, kind), runs in sorted(groups.items(), key=lambda kv: (_depth(kv[0][0]), kv[0])):
+        data["rows"].append({
+            "model": model, "device": kind, **_stats([r["test_error"] for r in runs]),
+            "train": _stats([r["train_error"] for r in runs]), "paper": paper.TABLE6.get(model),
+            "dirs": sorted(r["_dir"] for r in runs),
+        })  # fmt: skip
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    depths = sorted({_depth(m) for m in paper.TABLE6})
+    ax.plot(depths, [paper.TABLE6[f"resnet{d}"] for d in depths], "k--o", ms=4, label="paper (Table 6)")  # fmt: skip
+    for kind, marker in (("CPU", "s"), ("GPU", "^")):
+        rows = [r for r in data["rows"] if r["device"] == kind and r["model"].startswith("resnet")]
+        if rows:
+            ax.errorbar(
+                [_depth(r["model"]) for r in rows], [r["mean"] for r in rows],
+                [r["std"] or 0 for r in rows], fmt=marker, capsize=3, label=f"ours ({kind}, mean ± std)",
+            )  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xticks(depths, [str(d) for d in depths])
+    ax.set_xlabel("depth (layers)")
+    ax.set_ylabel("CIFAR-10 test error (%)")
+    ax.set_title(f"Table 6: ResNets on CIFAR-10\n{_schedule_text(schedule)}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    stem = f"table6{schedule_tag(schedule)}"
+    return _write(
+        fig, results / "table6", stem, data, _table6_report(data, schedule, stem), command
+    )
+
+
+def _table6_report(data: dict[str, Any], schedule: Fraction, stem: str) -> str:
+    lines = [
+        *_head(
+            f"Table 6: CIFAR-10 test error of the ResNets ({_schedule_text(schedule)})",
+            stem,
+            "Final model of each run (never the best point on the test set), CIFAR-10 test set, "
+            "percent; mean ± std (sample std) over the seeds where n > 1. CPU and GPU runs of the "
+            "same protocol are separate rows. The paper's ResNet-110 is the best of 5 runs "
+            f"(mean {paper.TABLE6_RESNET110_MEAN_STD[0]} ± {paper.TABLE6_RESNET110_MEAN_STD[1]}).",
+        ),
+        "| model | device | n | ours: test error | best | ours: train error | paper | runs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        quoted = "-" if r["paper"] is None else f"{r['paper']}"
+        dirs = ", ".join(f"`{d}`" for d in r["dirs"])
+        lines.append(
+            f"| {r['model']} | {r['device']} | {r['n']} | {_mean_text(r)} | {r['best']:.2f} | "
+            f"{_mean_text(r['train'])} | {quoted} | {dirs} |"
+        )
+    missing = [m for m in paper.TABLE6 if not any(r["model"] == m for r in data["rows"])]
+    if missing:
+        lines += [
+            "",
+            f"Not run yet at this schedule: {', '.join(missing)} (see `results/PENDING.md`).",
+        ]
     return "\n".join(lines) + "\n"

@@ -18,7 +18,7 @@ def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return (
-        f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f} (best {min(values):.2f})"
+        f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (best {min(values):.2f})"
     )
 
 

@@ -105,6 +105,29 @@ def plan(experiment: str, schedule: Fraction, seeds: int, only: list[str] | None
     return [Run(experiment, m, s, schedule) for m in models for s in range(seeds)]
 
 
+# Packed runs (reslab.engine.packed). On the 2-core CPU two processes of one thread each train
+# 0.95-1.16x (mean 1.09x) the images/s of one two-thread process (ResNet-20/56, plain-56; records
+# results/bench/2026-11-25-cpu-train-concurrent*.json), so "auto" packs two runs there. On CUDA
+# the candidates have not been measured yet, so "auto" trains one run at a time there.
+AUTO_CONCURRENT = {"cpu": 2, "cuda": 1}
+
+
+def concurrency(concurrent: int | str, device: str | None, runs: int) -> int:
+    """How many runs train at once: ``concurrent`` (a number, or "auto": the measured choice for
+    the device), never more than there are runs."""
+    if str(concurrent) == "auto":
+        from reslab.engine.runtime import resolve_device
+
+        return min(runs, AUTO_CONCURRENT[resolve_device(device or "auto").type])
+    try:
+        n = int(concurrent)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"--concurrent {concurrent!r}: expected a number >= 1 or auto")
+    return min(runs, n)
+
+
 def reproduce(
     experiment: str,
     schedule: Fraction = Fraction(1),
@@ -119,23 +142,38 @@ def reproduce(
     progress: bool = True,
     overrides: list[str] = (),
     restart: bool = False,
+    concurrent: int | str = 1,
 ) -> list[dict[str, Any]]:
     """Train (or resume) every run of ``experiment`` and record the finished ones in the ledger.
 
     Each run follows the engine's resume rules: a run directory holding another config is refused
-    (naming the keys), unless ``restart`` starts it over."""
+    (naming the keys), unless ``restart`` starts it over. With ``concurrent`` > 1 (or "auto") the
+    runs train packed, that many at once (:mod:`reslab.engine.packed`): processes on a CPU, CUDA
+    streams on a GPU."""
+    from reslab.engine.packed import fit_packed
     from reslab.engine.trainer import fit
 
     command = "reslab " + shlex.join(argv or ["reproduce", experiment])
-    summaries = []
-    for run in plan(experiment, schedule, seeds, only):
-        run_dir = Path(runs_dir) / experiment / run.name
-        cfg = run.config(data_dir, device, list(overrides))
-        summary = fit(cfg, run_dir, restart=restart, progress=progress)
-        summaries.append(summary)
-        if summary["status"] != "finished":
-            break  # interrupted: stop here; the same command resumes
-        record(run, run_dir, Path(results_dir), command)
+    runs = plan(experiment, schedule, seeds, only)
+    jobs = [
+        (run.config(data_dir, device, list(overrides)), Path(runs_dir) / experiment / run.name)
+        for run in runs
+    ]
+    n = concurrency(concurrent, device, len(runs))
+    if n > 1:
+        from reslab.engine.runtime import resolve_device
+
+        cuda = resolve_device(jobs[0][0].train.device).type == "cuda"
+        summaries = fit_packed(jobs, n, mode="streams" if cuda else "processes", restart=restart)
+    else:
+        summaries = []
+        for cfg, run_dir in jobs:
+            summaries.append(fit(cfg, run_dir, restart=restart, progress=progress))
+            if summaries[-1]["status"] != "finished":
+                break  # interrupted: stop here; the same command resumes
+    for run, (_, run_dir), summary in zip(runs, jobs, summaries, strict=False):
+        if summary["status"] == "finished":
+            record(run, run_dir, Path(results_dir), command)
     return summaries
 
 
@@ -154,9 +192,10 @@ def reproduce_and_report(
     command = "reslab " + shlex.join(argv or ["reproduce", experiment])
     any_finished = any(s["status"] == "finished" for s in summaries)
     written = []
-    if trained in ("fig6", "options") and any_finished:
-        draw = figures.fig6 if trained == "fig6" else figures.options
-        written.append(draw(results, schedule, command))
+    drawn = {"fig6": figures.fig6, "options": figures.options, "table6": figures.table6}
+    drawn.update(resnet1202=figures.table6, preact=figures.table6)  # rows of Table 6
+    if trained in drawn and any_finished:
+        written.append(drawn[trained](results, schedule, command))
     if experiment == "fig7" and all(s["status"] == "finished" for s in summaries):
         written.append(figures.fig7(results, schedule, data_dir, command=command))
     build(results)

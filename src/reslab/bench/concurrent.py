@@ -1,0 +1,117 @@
+"""Packed-run throughput: N runs training at once on one device against one run alone.
+
+    RESLAB_DATA=../shared/data uv run reslab bench train --models resnet20 --concurrent 1 2
+
+Each run is the engine's CIFAR step (:func:`reslab.bench.train.engine_step`: the loader, the step,
+the metric window, as ``fit`` runs it). ``processes``: N processes with the device's CPU threads
+split between them (``threads`` each); ``streams``: N threads of one process, each on its own CUDA
+stream. All N start their timed steps together (a barrier) and the aggregate is N x steps x batch
+over the slowest one's time; the baseline, measured in the same call, is one run alone with every
+thread (``concurrent=1``). The ratio says whether packing pays on this machine.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _timed_run(name, images, labels, batch, steps, warmup, device, threads, barrier, results):
+    """One packed run: warm up, wait for the others, time ``steps`` steps; report the seconds."""
+    from reslab.bench.train import engine_step
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    device = torch.device(device)
+    stream = torch.cuda.Stream() if device.type == "cuda" else None
+    with torch.cuda.stream(stream) if stream is not None else _nothing():
+        one_step = engine_step(name, images, labels, batch, device, cuda_graph=stream is not None)
+        for _ in range(warmup):
+            one_step()
+        if stream is not None:
+            stream.synchronize()
+        barrier.wait()
+        start = time.perf_counter()
+        for _ in range(steps):
+            one_step()
+        one_step.window.tolist()  # waits for this run's work
+        results.put(time.perf_counter() - start)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def packed_images_per_s(
+    name: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    concurrent: int,
+    *,
+    mode: str = "processes",
+    steps: int = 40,
+    warmup: int = 3,
+    batch: int = 128,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Aggregate images/s of ``concurrent`` runs of ``name`` trained at once (see the module doc)."""
+    total_threads = torch.get_num_threads()
+    threads = max(1, total_threads // concurrent) if mode == "processes" else None
+    if mode == "processes":
+        ctx = mp.get_context("spawn")
+        barrier, results, worker = ctx.Barrier(concurrent), ctx.Queue(), ctx.Process
+    else:
+        import queue
+
+        barrier, results, worker = threading.Barrier(concurrent), queue.Queue(), threading.Thread
+    args = (name, images, labels, batch, steps, warmup, device, threads, barrier, results)
+    workers = [worker(target=_timed_run, args=args) for _ in range(concurrent)]
+    for w in workers:
+        w.start()
+    seconds = [results.get() for _ in workers]
+    for w in workers:
+        w.join()
+    return {
+        "model": name,
+        "mode": mode,
+        "concurrent": concurrent,
+        "threads_per_run": threads if threads is not None else total_threads,
+        "aggregate_images_per_s": concurrent * steps * batch / max(seconds),
+        "per_run_images_per_s": [round(steps * batch / s, 1) for s in seconds],
+    }
+
+
+def run(
+    models: list[str],
+    concurrent: list[int],
+    data_dir: str | Path | None = None,
+    device: str = "cpu",
+    steps: int = 40,
+    mode: str = "auto",
+) -> list[dict[str, Any]]:
+    """One row per model and N: the aggregate against one run alone (N = 1), in the same call.
+    ``mode`` "auto" is processes on CPU and streams on CUDA."""
+    from reslab.bench.train import _cifar_tensors
+
+    if mode == "auto":
+        mode = "streams" if torch.device(device).type == "cuda" else "processes"
+    images, labels, source = _cifar_tensors(data_dir, 10_240)
+    rows = []
+    for name in models:
+        alone = packed_images_per_s(name, images, labels, 1, mode=mode, steps=steps, device=device)
+        for n in concurrent:
+            row = alone if n == 1 else packed_images_per_s(
+                name, images, labels, n, mode=mode, steps=steps, device=device
+            )  # fmt: skip
+            ratio = row["aggregate_images_per_s"] / alone["aggregate_images_per_s"]
+            rows.append({**row, "data": source, "alone_images_per_s": alone["aggregate_images_per_s"], "ratio": ratio})  # fmt: skip
+    return rows

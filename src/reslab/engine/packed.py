@@ -1,0 +1,162 @@
+"""Packed runs: several independent training runs at the same time on one device.
+
+    uv run reslab reproduce table6 --only resnet20 --seeds 3 --concurrent 3
+
+Each run is an ordinary :func:`~reslab.engine.trainer.fit` in its own run directory (its seed,
+data order, checkpoints, resume and summary are its own); packing only decides what runs beside
+what. Two ways:
+
+- ``"processes"``: one process per run, the CPU's threads split between them (``threads`` each).
+  A CPU run's arithmetic depends on its thread count (reductions are split per thread), so a
+  packed run is bit-identical to the same run alone *with the same thread count*, which its
+  summary's ``device`` states ("... (1 threads)").
+- ``"streams"``: one thread per run in this process, each on its own CUDA stream, so that the
+  runs' whole-step CUDA graphs overlap on the GPU (a small net's steps leave most of it idle).
+
+At most ``concurrent`` runs train at once; the next starts when one ends. SIGINT/SIGTERM stop them
+all (each checkpoints, and the same command resumes them). A run's error stops the others and is
+raised once they have checkpointed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reslab.config import Config
+from reslab.errors import ReslabError
+
+Job = tuple[Config, Path]
+MODES = ("processes", "streams")
+
+
+def fit_packed(
+    jobs: list[Job],
+    concurrent: int,
+    *,
+    mode: str = "processes",
+    threads: int | None = None,
+    restart: bool = False,
+) -> list[dict[str, Any]]:
+    """Train every ``(config, run_dir)`` of ``jobs``, ``concurrent`` at a time; returns their
+    summaries in order (``{"status": "not started"}`` for runs a stop left untouched)."""
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}; valid: {', '.join(MODES)}")
+    if threads is None:
+        threads = max(1, torch.get_num_threads() // max(1, concurrent))
+    pack = _Processes(threads) if mode == "processes" else _Streams()
+    return pack.run(jobs, max(1, concurrent), restart)
+
+
+def _fit_one(job: Job, restart: bool, index: int, results, threads: int | None = None) -> None:
+    """One run; (index, "summary" or "error", value) goes to ``results``."""
+    from reslab.engine.trainer import fit
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    cfg, run_dir = job
+    try:
+        if torch.cuda.is_available() and cfg.train.device != "cpu":
+            with torch.cuda.stream(torch.cuda.Stream()):  # its own stream beside the others
+                results.put((index, "summary", fit(cfg, run_dir, restart=restart, progress=False)))
+        else:
+            results.put((index, "summary", fit(cfg, run_dir, restart=restart, progress=False)))
+    except ReslabError as err:
+        results.put((index, "error", err))
+    except BaseException:  # a bug: its traceback travels as text (it may not pickle)
+        results.put((index, "error", RuntimeError(f"run {run_dir} failed:\n{traceback.format_exc()}")))  # fmt: skip
+
+
+class _Pack:
+    """Starts runs as slots free up and collects what they report."""
+
+    results: Any
+
+    def start(self, job: Job, index: int, restart: bool) -> None:
+        raise NotImplementedError
+
+    def stop_all(self) -> None:
+        raise NotImplementedError
+
+    def wait(self) -> None:
+        raise NotImplementedError
+
+    def run(self, jobs: list[Job], concurrent: int, restart: bool) -> list[dict[str, Any]]:
+        from reslab.engine.trainer import StopRequest
+
+        summaries: list[dict[str, Any]] = [{"status": "not started"} for _ in jobs]
+        pending, running, error, stopping = list(range(len(jobs))), set(), None, False
+        try:
+            with StopRequest() as stop:
+                while pending or running:
+                    while pending and len(running) < concurrent and not (stop.requested or error):
+                        index = pending.pop(0)
+                        self.start(jobs[index], index, restart)
+                        running.add(index)
+                    if (stop.requested or error) and not stopping:
+                        stopping = True
+                        self.stop_all()  # each running fit checkpoints and returns
+                    if not running:
+                        break
+                    try:
+                        index, kind, value = self.results.get(timeout=0.5)
+                    except queue.Empty:
+                        continue
+                    running.discard(index)
+                    if kind == "error":
+                        error = error or value
+                    else:
+                        summaries[index] = value
+        finally:
+            self.wait()
+        if error is not None:
+            raise error
+        return summaries
+
+
+class _Processes(_Pack):
+    def __init__(self, threads: int) -> None:
+        self.context = mp.get_context("spawn")
+        self.results, self.threads, self.children = self.context.Queue(), threads, []
+
+    def start(self, job: Job, index: int, restart: bool) -> None:
+        args = (job, restart, index, self.results, self.threads)
+        child = self.context.Process(target=_fit_one, args=args)
+        child.start()
+        self.children.append(child)
+
+    def stop_all(self) -> None:
+        for child in self.children:
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signal.SIGTERM)  # fit checkpoints and returns "interrupted"
+
+    def wait(self) -> None:
+        for child in self.children:
+            child.join()
+
+
+class _Streams(_Pack):
+    def __init__(self) -> None:
+        self.results, self.workers = queue.Queue(), []
+
+    def start(self, job: Job, index: int, restart: bool) -> None:
+        worker = threading.Thread(target=_fit_one, args=(job, restart, index, self.results))
+        worker.start()
+        self.workers.append(worker)
+
+    def stop_all(self) -> None:
+        from reslab.engine.trainer import _STOP
+
+        _STOP.set()  # the flag every fit of this process checks after each step
+
+    def wait(self) -> None:
+        for worker in self.workers:
+            worker.join()

@@ -1,0 +1,77 @@
+"""Packed runs: each of several runs trained at once ends bit-identical to the same run alone
+(on a CPU, alone with the same number of threads: a CPU run's arithmetic depends on it)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from reslab.engine import fit
+from reslab.engine.checkpoint import load_checkpoint
+from reslab.engine.packed import fit_packed
+
+
+def _weights(run_dir):
+    return load_checkpoint(run_dir / "checkpoints" / "final.pt")["model"]
+
+
+def _same(a, b) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_packed_processes_match_the_runs_alone(tiny_config, tmp_path, one_thread):
+    """Three runs (two seeds and another depth) in three one-thread processes, one of them
+    resuming from a checkpoint of its own."""
+    cfgs = [
+        tiny_config(**{"train.seed": 0}),
+        tiny_config(**{"train.seed": 1}),
+        tiny_config(**{"train.seed": 0, "model.name": "plain8"}),
+    ]
+    jobs = [(cfg, tmp_path / "packed" / f"run{i}") for i, cfg in enumerate(cfgs)]
+    summaries = fit_packed(jobs, 3, mode="processes", threads=1)
+    assert [s["status"] for s in summaries] == ["finished"] * 3
+    assert all("(1 threads)" in s["device"] for s in summaries)
+    for i, cfg in enumerate(cfgs):
+        alone = fit(cfg, tmp_path / "alone" / f"run{i}", progress=False)
+        assert alone["test_error"] == summaries[i]["test_error"]
+        assert _same(_weights(tmp_path / "alone" / f"run{i}"), _weights(jobs[i][1])), i
+    assert not _same(_weights(jobs[0][1]), _weights(jobs[1][1]))  # the seeds do differ
+
+
+def test_packed_threads_match_the_runs_alone_and_resume(
+    tiny_config, tmp_path, monkeypatch, interrupt_after
+):
+    """The streams mode (one thread per run in this process; on a GPU each on its own CUDA
+    stream), with one run resuming from its own interrupted checkpoint."""
+    cfgs = [tiny_config(**{"train.seed": 0}), tiny_config(**{"train.seed": 2})]
+    jobs = [(cfg, tmp_path / "packed" / f"run{i}") for i, cfg in enumerate(cfgs)]
+    interrupt_after(4)
+    assert fit(cfgs[1], jobs[1][1], progress=False)["status"] == "interrupted"
+    monkeypatch.undo()
+    summaries = fit_packed(jobs, 2, mode="streams")
+    assert [s["status"] for s in summaries] == ["finished"] * 2
+    events = [json.loads(x) for x in (jobs[1][1] / "metrics.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "resume" for e in events)
+    for i, cfg in enumerate(cfgs):
+        fit(cfg, tmp_path / "alone" / f"run{i}", progress=False)
+        assert _same(_weights(tmp_path / "alone" / f"run{i}"), _weights(jobs[i][1])), i
+
+
+def test_a_failing_packed_run_is_reported(tiny_config, tmp_path):
+    from reslab.engine.rundir import RunLock
+    from reslab.errors import RunError
+
+    jobs = [(tiny_config(), tmp_path / "a"), (tiny_config(**{"train.seed": 1}), tmp_path / "b")]
+    with RunLock(tmp_path / "b"), pytest.raises(RunError, match="in use by another reslab process"):
+        fit_packed(jobs, 2, mode="streams")
+    assert (tmp_path / "a" / "checkpoints").is_dir()  # the other run checkpointed and stopped

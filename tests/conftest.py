@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,47 @@ def interrupt_after(monkeypatch):
         monkeypatch.setattr(trainer, "train_step", step_then_interrupt)
 
     return arm
+
+
+class HTTPServer:
+    """Serves ``root`` on 127.0.0.1; ``mode`` "truncate" announces the whole file and sends half."""
+
+    def __init__(self, root: Path) -> None:
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(root), **kwargs)
+
+            def log_message(self, *args):
+                pass
+
+            def copyfile(self, source, outputfile):
+                if server.mode == "truncate":
+                    data = source.read()
+                    outputfile.write(data[: len(data) // 2])
+                    return
+                super().copyfile(source, outputfile)
+
+        self.mode = "whole"
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def http_server():
+    """``http_server(root)``: ``root`` served on 127.0.0.1 (``.url``; ``.mode = "truncate"``
+    drops each connection halfway), shut down after the test."""
+    servers = []
+
+    def start(root):
+        servers.append(HTTPServer(Path(root)))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.httpd.shutdown()
 
 
 @pytest.fixture(autouse=True)

@@ -33,8 +33,13 @@ _nonnegative, _positive = _at_least(0), _at_least(1)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """``reslab list`` (models) and ``reslab weights list``."""
+    from reslab import hub
     from reslab.models import get_model_spec, list_models
 
+    if args.command == "weights":
+        print(hub.table())
+        return 0
     for name in list_models(args.pattern):
         print(f"{name:<20} {get_model_spec(name).family}")
     return 0
@@ -65,6 +70,7 @@ def _train(args: argparse.Namespace, extra: Sequence[str] = ()) -> dict:
 
     machine = [f"data.data_dir={args.data_dir}"] * bool(args.data_dir)
     machine += [f"train.device={args.device}"] * bool(args.device)
+    machine += [f"train.init={args.init}"] * bool(getattr(args, "init", None))
     cfg = load_config(args.config, [*extra, *args.overrides, *machine])
     out = args.out or f"runs/{cfg.name}"
     if MAIN_PROCESS:
@@ -90,18 +96,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from reslab.engine.evaluate import evaluate_weights
+    from reslab.engine.evaluate import describe, evaluate_weights
 
     views = "tencrop" if args.tencrop else "multiscale" if args.multiscale else "single"
     result = evaluate_weights(
         args.weights, data_dir=args.data_dir, split=args.split, eval_dir=args.eval_dir,
         views=views, limit=args.limit, device=args.device, batch_size=args.batch_size,
     )  # fmt: skip
-    print(
-        f"{result['weights']}: {result['split']} error {result['test_error']:.2f}% (accuracy "
-        f"{100 - result['test_error']:.2f}%), top-5 error {result['test_top5_error']:.2f}%, "
-        f"{result['images']} images\n{json.dumps(result)}"
-    )
+    print(f"{describe(result)}\n{json.dumps(result)}")
     return 0
 
 
@@ -125,25 +127,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_detect(args: argparse.Namespace) -> int:
-    from reslab.detection import train as det
-
-    if args.verb == "eval":
-        result = det.evaluate_run(
-            args.weights, data=args.data, limit=args.limit, draw_dir=args.visualize,
-            draw=args.draw, threshold=args.threshold,
-        )  # fmt: skip
-        print(f"{det.describe(result)}\n{json.dumps(result)}")
-        return 0
-    overrides = [*args.overrides, *([f"data.data_dir={args.data_dir}"] if args.data_dir else [])]
-    cfg = det.load_det_config(args.config, overrides)
-    out = args.out or f"runs/{cfg.name}"
-    print(f"run directory: {out}", flush=True)
-    summary = det.fit_detector(cfg, out, progress=not args.no_progress)
-    print(det.describe(summary))
-    return 0 if summary["status"] == "finished" else 130
-
-
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from reslab.experiments.reproduce import parse_schedule, reproduce_and_report
 
@@ -161,7 +144,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from reslab.experiments.report import build
 
-    print(build(args.results), end="")
+    print(build(args.results, verify=args.verify, data_dir=args.data_dir), end="")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from reslab.engine.export import export
+
+    info = export(args.weights, args.format, args.out, bare=args.bare, input_dtype=args.input_dtype)
+    print(f"wrote {info['file']}: {info['model']} ({info['format']}), input {info['input']}")
     return 0
 
 
@@ -179,10 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reslab", description=about)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name, func, help, *, data=False, sets="", restart=False, device=None, progress=False, sub=sub):  # fmt: skip
+    def command(name, func, help, *, data=False, sets="", restart=False, device=None, progress=False, weights=False, sub=sub):  # fmt: skip
         """A sub-command and the options several share (``device``: its default, "" for none)."""
         p = sub.add_parser(name, help=help)
         p.set_defaults(func=func)
+        if weights:
+            p.add_argument("weights", help="run directory, .safetensors file, or weights name (`reslab weights list`)")  # fmt: skip
         if device is not None:
             p.add_argument("--device", default=device or None, choices=DEVICES, help="where to run")
         if progress:
@@ -209,14 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="config name (e.g. cifar10/resnet20) or YAML path")
     p.add_argument("--out", help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="require a checkpoint to resume from")
+    p.add_argument("--init", help="start from these weights (run directory, file, or a name of `reslab weights list`)")  # fmt: skip
     p = command("demo", cmd_demo, "train a CIFAR-10 ResNet-20 briefly and test it", data=True, restart=True, device="")  # fmt: skip
     p.add_argument("--iterations", type=_positive, default=800, help="training iterations")
     p.add_argument("--out", default="runs/demo", help="run directory")
 
-    p = command(
-        "eval", cmd_eval, "test a run directory or model.safetensors", data=True, device="auto"
-    )
-    p.add_argument("weights", help="run directory or .safetensors file")
+    p = command("eval", cmd_eval, "test trained weights", data=True, device="auto", weights=True)
     p.add_argument("--split", default="test", choices=["test", "val5k"], help="CIFAR-10 split")
     p.add_argument("--eval-dir", help="image folder under the data root (default: the run's)")
     views = p.add_mutually_exclusive_group()
@@ -224,8 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     views.add_argument("--multiscale", action="store_true", help="multi-scale testing, shorter sides 224-640")  # fmt: skip
     p.add_argument("--limit", type=_nonnegative, default=0, help="test at most this many images (0: all)")  # fmt: skip
     p.add_argument("--batch-size", type=_positive, default=500)
-    p = command("predict", cmd_predict, "top-k classes of an image or of every image in a folder", device="auto")  # fmt: skip
-    p.add_argument("weights", help="run directory or .safetensors file")
+    p = command("predict", cmd_predict, "top-k classes of an image or of every image in a folder", device="auto", weights=True)  # fmt: skip
     p.add_argument("images", help="an image file or a folder of images")
     p.add_argument("--topk", type=_positive, default=5, help="classes to show per image")
 
@@ -240,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", help="only these models of the experiment")
     p.add_argument("--runs-dir", default="runs/reproduce", help="where checkpoints live")
     p.add_argument("--results", default="results", help="the ledger")
-    p = command("report", cmd_report, "rebuild results/README.md from the finished runs in the ledger")  # fmt: skip
+    p = command("report", cmd_report, "rebuild results/README.md (and the weights index) from the ledger", data=True)  # fmt: skip
     p.add_argument("--results", default="results", help="the ledger")
+    p.add_argument("--verify", action="store_true", help="re-evaluate the runs' weights not checked yet (for the index)")  # fmt: skip
 
     p = command("analyze", cmd_analyze, "why residual learning works: responses, lesion, gradients, shattered", data=True)  # fmt: skip
     p.add_argument("kind", choices=["responses", "lesion", "gradients", "shattered"])
@@ -252,21 +243,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonnegative, default=0, help="seed of fresh models and random draws")  # fmt: skip
     p.add_argument("--out", required=True, help="directory for KIND.json, KIND.png, KIND.txt")
 
-    p = command("detect", cmd_detect, "Faster R-CNN over reslab ResNets: train, evaluate, draw")
-    verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
-    t = command("train", cmd_detect, "train a detection config (resumable)", data=True, sets="config override", progress=True, sub=verbs)  # fmt: skip
-    t.add_argument("config", help="config name (e.g. detection/coco128_fpn_resnet50) or YAML path")
-    t.add_argument("--out", help="run directory (default runs/<config name>)")
-    e = command("eval", cmd_detect, "COCO mAP (and VOC07 mAP for VOC data) of trained weights", sub=verbs)  # fmt: skip
-    e.add_argument("weights", help="run directory or model.safetensors of `detect train`")
-    e.add_argument("--data", help="data root holding the run's validation set (default: its own)")
-    e.add_argument("--limit", type=_nonnegative, default=0, help="first N validation images (0: all)")  # fmt: skip
-    e.add_argument("--visualize", help="write PNGs of the first --draw images with boxes here")
-    e.add_argument("--draw", type=_nonnegative, default=8, help="images to draw with --visualize")
-    e.add_argument("--threshold", type=float, default=0.5, help="score threshold for drawing")
+    from reslab.detection.cli import add_detect
+
+    add_detect(command, _nonnegative)
+
+    p = command("weights", cmd_list, "trained weights by name, with their measured errors")
+    p.add_argument("verb", choices=["list"])
+    p = command("export", cmd_export, "a trained net as ONNX, TorchScript or an ExportedProgram", weights=True)  # fmt: skip
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "exported-program"])
+    p.add_argument("--out", required=True, help="the file to write")
+    p.add_argument("--bare", action="store_true", help="the network alone (normalised input), without its input normalisation")  # fmt: skip
+    p.add_argument("--input-dtype", default="uint8", choices=["uint8", "float32"], help="raw pixels 0-255 as")  # fmt: skip
 
     p = command("bench", cmd_bench, "measure throughput side by side with a baseline; table + JSON", data=True)  # fmt: skip
-    p.add_argument("kind", choices=["data", "train"], help="input pipelines, or training/inference")
+    p.add_argument("kind", choices=["data", "train", "infer"], help="input pipelines, training, CPU inference runtimes")  # fmt: skip
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56", "resnet110", "resnet50"])
     p.add_argument("--steps", type=_positive, default=20, help="timed training steps per model")
     p.add_argument("--concurrent", type=_positive, nargs="+", help="measure N runs trained at once against one alone (packed runs)")  # fmt: skip

@@ -27,7 +27,7 @@ from reslab.errors import ConfigError, MissingFileError
 
 __all__ = ["Config", "ConfigError", "config_diff", "config_from_dict", "load_config"]
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # shipped inside the package
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,10 @@ class TrainConfig:
     compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune"] = "auto"
     cuda_graph: Switch = "auto"  # whole CIFAR step as one CUDA graph; auto: one CUDA device
     sync_bn: bool = False  # SyncBatchNorm across processes in distributed training (GPU only)
-    tensorboard: bool = True  # also write TensorBoard event files into the run directory
+    init: str | None = None  # start from these weights (run dir, file, `reslab weights` name)
+    freeze_stages: Count = 0  # no gradients for the stem (1) and the first stages (2: + layer1)
+    freeze_bn: bool = False  # BN normalises with its running statistics and keeps them
+    tensorboard: Switch = "auto"  # TensorBoard event files too; auto: when the extra is installed
     log_every: PositiveInt = 100  # iterations per metrics.jsonl line (warm-up and divergence check)
     eval_every: Count = 2000  # iterations between test evaluations (0: at the end only)
     eval_batch_size: PositiveInt = 1000  # evaluation batch size
@@ -408,8 +411,9 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-# Keys that say where a run executes, not what it computes: a run may resume with other values.
-MACHINE_KEYS = ("data.data_dir", "data.workers")
+# Keys that say where a run executes or what it writes besides the run, not what it computes: a
+# run may resume with other values.
+MACHINE_KEYS = ("data.data_dir", "data.workers", "train.tensorboard")
 
 
 def config_diff(old: Any, new: Any) -> list[str]:

@@ -47,3 +47,20 @@ class RunError(ReslabError, RuntimeError):
 
 class DivergedError(RunError):
     """Training produced a non-finite loss or non-finite weights; nothing bad was saved."""
+
+
+class MissingExtraError(ReslabError, ImportError):
+    """An optional feature whose packages are not installed; the message names the extra."""
+
+
+def require_extra(module: str, extra: str, purpose: str):
+    """``import module``, or :class:`MissingExtraError` saying which extra of reslab provides it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(
+            f"{purpose} needs the {extra!r} extra ({module} is not installed): "
+            f"pip install 'reslab[{extra}]' (in a checkout: uv sync --all-extras)"
+        ) from None

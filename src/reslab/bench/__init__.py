@@ -34,6 +34,8 @@ def run_and_record(
         from reslab.bench.data import run
 
         device = "cpu"
+    elif kind == "infer":
+        from reslab.bench.infer import run
     elif options.get("concurrent"):  # packed runs against one alone
         from reslab.bench.concurrent import run
 
@@ -65,6 +67,15 @@ def run_and_record(
 
 def table(kind: str, rows: list[dict[str, Any]]) -> str:
     """The rows of a ``kind`` benchmark as a text table, each against its baseline."""
+    if kind == "infer":
+        lines = [f"{'model':<10} {'batch':>5} {'torch fp32':>11} {'torch bf16':>11} {'onnxruntime':>12}  (images/s; ratios to torch fp32)"]  # fmt: skip
+        for r in rows:
+            lines.append(
+                f"{r['model']:<10} {r['batch_size']:>5} {r['torch_eager_fp32_images_per_s']:>11.0f} "
+                f"{r['torch_bf16_channels_last_images_per_s']:>11.0f} {r['onnxruntime_fp32_images_per_s']:>12.0f}"
+                f"  (bf16 {r['bf16_ratio']:.2f}x, onnxruntime {r['onnxruntime_ratio']:.2f}x)"
+            )
+        return "\n".join(lines)
     if kind == "train-concurrent":
         lines = [f"{'model':<10} {'mode':<10} {'N':>3} {'threads/run':>11} {'aggregate img/s':>16} {'alone':>8} {'ratio':>6}"]  # fmt: skip
         for r in rows:

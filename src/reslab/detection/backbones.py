@@ -25,7 +25,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from reslab.errors import ConfigError, ModelError
+from reslab.errors import ModelError
 from reslab.models.resnet import ResNet
 
 DESIGNS = ("c4", "fpn")
@@ -58,16 +58,6 @@ def imagenet_backbone(name: str, weights: str | Path | None = None) -> ResNet:
             f"{name}: detection backbones are ImageNet-family models (resnet18..152, plain18/34)"
         )
     return model
-
-
-def _freeze_stages(model: ResNet, frozen_stages: int) -> None:
-    stages = [[model.conv1, model.bn1]] + [[getattr(model, s)] for s in model.stage_names]
-    if not 0 <= frozen_stages <= len(stages):
-        raise ConfigError(f"model.frozen_stages: {frozen_stages} must be in [0, {len(stages)}]")
-    for modules in stages[:frozen_stages]:
-        for m in modules:
-            if m is not None:
-                m.requires_grad_(False)
 
 
 class C4Trunk(nn.Module):
@@ -144,7 +134,7 @@ def build_detector(
         model = freeze_batchnorm(model)
     if model.bn1 is None or getattr(model, "final_bn", None) is not None:
         raise ModelError(f"{backbone}: pre-activation models are not supported as backbones")
-    _freeze_stages(model, frozen_stages)
+    model.freeze(frozen_stages)
     common = {"min_size": min_size, "max_size": max_size, **kwargs}
     if design == "c4":
         trunk, head = C4Trunk(model), C4Head(model)

@@ -14,20 +14,17 @@ import torch
 from torchvision.ops import box_iou
 
 from reslab.detection.data import CocoDetection
+from reslab.errors import require_extra
 
 Predictions = dict[int, dict[str, torch.Tensor]]
 
 
 def coco_map(dataset: CocoDetection, predictions: Predictions) -> dict[str, float]:
     """``{"map": mAP@[.5:.95], "map50": mAP@.5, "map75": ...}`` over the dataset's images."""
-    try:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-    except ImportError:
-        raise ImportError(
-            "COCO evaluation needs pycocotools (`uv sync` installs it; elsewhere `pip install "
-            "pycocotools`)"
-        ) from None
+    require_extra("pycocotools", "detection", "COCO evaluation")
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
     results = []
     for image_id, p in predictions.items():
         for box, score, label in zip(

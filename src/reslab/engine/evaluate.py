@@ -127,13 +127,13 @@ def evaluate_weights(
     ``eval_dir`` (default: the run's) with ``views`` "center", "tencrop" or "multiscale".
     ``limit`` > 0 tests at most that many images (CIFAR: the first ones; folders: spread over the
     classes)."""
-    from reslab.engine.weights import find_weights
+    from reslab.hub import weights_path
 
     if limit < 0 or batch_size < 1:
         raise ConfigError(f"--limit {limit} must be >= 0 and --batch-size {batch_size} >= 1")
     if views not in VIEWS:
         raise ConfigError(f"views={views!r} is invalid; valid choices: {', '.join(VIEWS)}")
-    path = find_weights(weights)
+    path = weights_path(weights)
     result, what = _evaluate_file(path, data_dir, split, eval_dir, views, limit, device, batch_size)
     return {
         "test_error": result["error"],
@@ -142,6 +142,15 @@ def evaluate_weights(
         "split": what,
         "weights": str(path),
     }
+
+
+def describe(result: dict[str, Any]) -> str:
+    """One line about an :func:`evaluate_weights` result."""
+    error = result["test_error"]
+    return (
+        f"{result['weights']}: {result['split']} error {error:.2f}% (accuracy {100 - error:.2f}%), "
+        f"top-5 error {result['test_top5_error']:.2f}%, {result['images']} images"
+    )
 
 
 def _evaluate_file(path, data_dir, split, eval_dir, views, limit, device, batch_size):

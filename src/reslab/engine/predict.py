@@ -47,7 +47,10 @@ def predict(
 
     if topk < 1:
         raise ConfigError(f"--topk {topk} must be >= 1")
+    from reslab.hub import weights_path
+
     files = image_files(target)
+    weights = weights_path(weights)
     model, meta = load_weights(weights)
     names = class_names(meta, model.fc.out_features, weights)
     device = resolve_device(device)

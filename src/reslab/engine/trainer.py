@@ -65,7 +65,7 @@ from reslab.engine.runtime import (
 )
 from reslab.engine.step import train_step
 from reslab.engine.weights import save_weights
-from reslab.errors import ConfigError, DataError, DivergedError, MissingFileError
+from reslab.errors import ConfigError, DataError, DivergedError, MissingFileError, require_extra
 from reslab.models import create_model
 
 
@@ -145,8 +145,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(cfg: Config, device: torch.device) -> nn.Module:
-    model = create_model(cfg.model.name, **cfg.model.options).to(device)
+def build_model(cfg: Config, device: torch.device, classes: int | None = None) -> nn.Module:
+    """The config's network on ``device``; its classifier has ``classes`` outputs unless
+    ``model.options`` names ``num_classes``."""
+    given = {"num_classes": classes} if classes is not None else {}
+    model = create_model(cfg.model.name, **{**given, **cfg.model.options}).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -394,18 +397,20 @@ def _train(
         for folder in (run_dir, run_dir / "checkpoints"):
             remove_temporaries(folder)  # left by a process killed while writing (we hold the lock)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    with _INIT_LOCK:  # the global RNG: packed runs in threads initialise one at a time
-        seed_everything(t.seed)
-        core = build_model(cfg, device)
-    optimizer = PaperSGD(
-        core.parameters(), cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay
-    )
-    schedule = build_schedule(cfg.optim)
     shard = (info.rank, info.world_size)
     if cfg.data.dataset == "imagefolder":
         data = build_imagefolder(cfg, device, shard, run_dir)
     else:
         data = build_cifar(cfg, device, shard)
+    with _INIT_LOCK:  # the global RNG: packed runs in threads initialise one at a time
+        seed_everything(t.seed)
+        core = build_model(cfg, device, len(data.classes))
+    started_from = _initialise(core, t.init, info) if t.init and resumed is None else None
+    core.freeze(t.freeze_stages, t.freeze_bn)
+    optimizer = PaperSGD(
+        core.parameters(), cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay
+    )
+    schedule = build_schedule(cfg.optim)
     meter = Meter(torch.zeros(3, device=device, dtype=torch.float64))
     state = TrainState()
     if resumed is not None:
@@ -418,11 +423,13 @@ def _train(
             meter.window.copy_(ckpt["window"])
         set_rng_state(ckpt["rng"])
     step, step_kind = make_step(cfg, core, optimizer, data.train, meter.window, info, device)
-    tb_dir = run_dir / "tensorboard" if t.tensorboard else None
+    tb_dir = run_dir / "tensorboard" if _tensorboard(t.tensorboard) else None
     logger = JsonlLogger(run_dir / "metrics.jsonl", enabled=info.is_main, tensorboard_dir=tb_dir)
     logger.truncate_after(state.iteration if resumed else -1)
     if resumed:
         logger.log(event="resume", iteration=state.iteration, code_version=version)
+    if started_from is not None:
+        logger.log(event="init", iteration=0, **started_from)
     run = _Run(cfg, run_dir, info, core, optimizer, schedule, state, meter, logger, version)
     bar = tqdm(
         total=t.iterations, initial=state.iteration, unit="it", desc=cfg.name or cfg.model.name,
@@ -588,6 +595,31 @@ class _Run:
             + (f"; the last good checkpoint is {kept[-1]}" if kept else "")
             + ". Lower optim.lr (or check the data) and start over with --restart"
         )
+
+
+def _initialise(model: nn.Module, source: str, info: distributed.DistInfo) -> dict[str, Any]:
+    """``train.init``: start from the tensors of another run, file or weights name; prints which
+    were loaded and which are new (the classifier, when the classes differ)."""
+    from reslab.engine.weights import initialise_from
+    from reslab.hub import source_state
+
+    state, arch, label = source_state(source)
+    loaded, new = initialise_from(model, state, label, arch)
+    if info.is_main:
+        fresh = f" ({', '.join(new)})" if new else ""
+        print(f"initialised from {label}: {len(loaded)} tensors loaded, {len(new)} new{fresh}")
+    return {"init": label, "loaded": len(loaded), "new": new}
+
+
+def _tensorboard(setting: bool | str) -> bool:
+    """Whether a run writes TensorBoard files: ``true`` needs the extra, ``auto`` uses it if there."""
+    if setting == "auto":
+        import importlib.util
+
+        return importlib.util.find_spec("tensorboard") is not None
+    if setting:
+        require_extra("tensorboard", "tensorboard", "train.tensorboard=true")
+    return bool(setting)
 
 
 def _peak_memory_mb(device: torch.device) -> float:

@@ -211,3 +211,31 @@ def class_names(meta: dict[str, str], outputs: int, path: str | Path) -> list[st
             "outputs; the file's metadata does not belong to these weights"
         )
     return names
+
+
+def initialise_from(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, arch: dict[str, Any] | None
+) -> tuple[list[str], list[str]]:
+    """Fine-tuning's start: every tensor of ``state`` that ``model`` has with the same shape is
+    copied in; the classifier is left newly initialised when its number of classes differs.
+    Anything else that does not fit (another family or layout) is an error naming it. Returns
+    (loaded names, newly initialised names)."""
+    if arch is not None:  # a reslab file states its layout: compare all but the classes
+        keys = [k for k in LAYOUT_KEYS if k != "num_classes"]
+        if any(arch.get(k) != model.arch.get(k) for k in keys):
+            raise WeightsError(
+                f"{source} holds another network ({_layout({k: arch.get(k) for k in keys})}) "
+                f"than the one to train ({_layout({k: model.arch.get(k) for k in keys})})"
+            )
+    own = model.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    new = [k for k in own if k not in fits]
+    misfits = [k for k in new if not k.startswith("fc.")]
+    if misfits:
+        raise WeightsError(
+            f"{source} does not fit {type(model).__name__} {model.arch.get('family')}-"
+            f"{model.arch.get('depth')}: {len(misfits)} tensors besides the classifier are missing "
+            f"or shaped otherwise ({', '.join(misfits[:3])}{', ...' if len(misfits) > 3 else ''})"
+        )
+    model.load_state_dict(fits, strict=False)
+    return sorted(fits), new

@@ -64,8 +64,13 @@ def _throughput_table(results: Path, benches: list[Path]) -> list[str]:
     ]
 
 
-def build(results: str | Path = "results") -> str:
+def build(
+    results: str | Path = "results", *, verify: bool = False, data_dir: str | None = None
+) -> str:
+    """Rebuild ``results/README.md``; for the checkout's own ledger also the weights index
+    (:mod:`reslab.hub.build`; ``verify`` re-evaluates the runs not checked yet)."""
     results = Path(results)
+    weights = _weights_section(results, verify, data_dir)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for run in collect(results):
         groups[
@@ -117,9 +122,37 @@ def build(results: str | Path = "results") -> str:
         for folder in analyses:
             title = (folder / "README.md").read_text().splitlines()[0].lstrip("# ").strip()
             lines.append(f"- `{folder.relative_to(results)}/`: {title}")
+    lines += weights
     pending = results / "PENDING.md"
     if pending.is_file():
-        lines += ["", "Runs waiting for a GPU are listed in `PENDING.md`."]
+        lines += ["", "Runs waiting for a GPU (and the CPU queue) are listed in `PENDING.md`."]
     text = "\n".join(lines) + "\n"
     (results / "README.md").write_text(text)
     return text
+
+
+def _weights_section(results: Path, verify: bool, data_dir: str | None) -> list[str]:
+    """The weights index, rebuilt when ``results`` is the checkout's ledger, as report lines."""
+    from reslab.hub import CHECKOUT_RESULTS
+    from reslab.hub.build import build_index
+
+    if results.resolve() != CHECKOUT_RESULTS.resolve():
+        return []
+    index = build_index(results, verify=verify, data_dir=data_dir)
+    lines = [
+        "",
+        "## Weights by name (`reslab weights list`, `create_model(name, weights=...)`)",
+        "",
+        "Runs whose weights re-evaluate on the CPU to their summary's test error (`reeval.json`).",
+        "",
+        "| name | test error | re-evaluated | schedule | device | ledger |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, e in index["entries"].items():
+        lines.append(
+            f"| `{name}` | {e['test_error']:.2f} | {e['reevaluated_test_error']:.2f} | "
+            f"{e['schedule']} | {e['device']} | `{e['ledger']}` |"
+        )
+    lines += ["", *(f"- alias `{a}` = `{n}`" for a, n in index["aliases"].items())]
+    lines += [f"- not in the index: `{d}`: {why}" for d, why in index["skipped"].items()]
+    return lines

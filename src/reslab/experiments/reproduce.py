@@ -2,7 +2,7 @@
 
     uv run reslab reproduce fig6 --schedule 1/8 --only plain20 resnet20
 
-Each run trains ``configs/cifar10/<model>.yaml`` (its checkpoints under ``runs/reproduce/``; running
+Each run trains the config ``cifar10/<model>`` (its checkpoints under ``runs/reproduce/``; running
 the same command again resumes it) and, once finished, is recorded in ``results/<experiment>/<run>/``:
 ``summary.json`` (the engine's plus ``schedule``, ``seed``, ``command``, ``experiment``), the resolved
 config, the metrics log and the final weights. ``--schedule 1/8`` scales the iterations and the lr

@@ -77,6 +77,30 @@ class ProjectionShortcut(nn.Sequential):
         super().__init__(*layers)
 
 
+class FixedStatsBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm2d that normalises with its running statistics and never updates them, in
+    training mode too (fine-tuning with small batches); its scale and shift still train, and its
+    state dict is a BatchNorm2d's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
+
+
+def fix_bn_statistics(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d below ``module`` by a :class:`FixedStatsBatchNorm2d` with its
+    parameters and statistics."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            fixed = FixedStatsBatchNorm2d(child.num_features, child.eps, child.momentum)
+            fixed.load_state_dict(child.state_dict())
+            setattr(module, name, fixed.to(child.weight.device))
+        else:
+            fix_bn_statistics(child)
+    return module
+
+
 def _changes_shape(in_ch: int, out_ch: int, stride: int) -> bool:
     return stride != 1 or in_ch != out_ch
 

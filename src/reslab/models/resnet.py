@@ -28,6 +28,7 @@ from reslab.models.layers import (
     PAD_WHERE_CHOICES,
     PadWhere,
     ShortcutFactory,
+    fix_bn_statistics,
     shortcut_factory,
 )
 
@@ -126,6 +127,21 @@ class ResNet(nn.Module):
         if zero_init_residual:
             for block in self.blocks():
                 block.zero_init_last()
+
+    def freeze(self, stages: int = 0, bn_statistics: bool = False) -> ResNet:
+        """Fine-tuning and detection: no gradients for the stem and the stages before it counts
+        ``stages`` (1: the stem, 2: the stem and ``layer1``, ...); with ``bn_statistics`` every BN
+        normalises with its running statistics and keeps them (its scale and shift still train)."""
+        parts = [[self.conv1, self.bn1]] + [[getattr(self, s)] for s in self.stage_names]
+        if not 0 <= stages <= len(parts):
+            raise ModelError(f"freeze: stages={stages} must be in [0, {len(parts)}]")
+        for modules in parts[:stages]:
+            for m in modules:
+                if m is not None:
+                    m.requires_grad_(False)
+        if bn_statistics:
+            fix_bn_statistics(self)
+        return self
 
     def blocks(self) -> list[nn.Module]:
         """All blocks in forward order."""

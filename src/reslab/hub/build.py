@@ -1,0 +1,121 @@
+"""Generating ``reslab/hub/index.json`` from the results ledger (``reslab report`` calls this).
+
+    uv run reslab report --verify     # re-evaluates the runs not yet checked, then writes the index
+
+A ledger run becomes an entry when it is a finished CIFAR-10 run whose ``model.safetensors``
+re-evaluates on the test set to its summary's error (within ``TOLERANCE`` points); the
+re-evaluation is kept in the run's ``reeval.json`` with the file's sha256, so a later report
+reuses it and a changed file is checked again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from reslab.hub import INDEX, TOLERANCE, sha256
+
+PAPER_ORDER = ("paper", "gpu")  # which run a plain alias names: the paper schedule, CPU first
+
+
+def reevaluate(run_dir: Path, data_dir: str | None, digest: str) -> dict[str, Any]:
+    """Test the run's weights on the CIFAR-10 test set (on the CPU) and keep the result."""
+    from reslab.engine.evaluate import evaluate_weights
+    from reslab.engine.runtime import code_version, describe_device
+
+    result = evaluate_weights(run_dir, data_dir=data_dir, device="cpu")
+    record = {
+        "sha256": digest,
+        "test_error": result["test_error"],
+        "images": result["images"],
+        "device": describe_device("cpu"),
+        "code_version": code_version(),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": f"reslab eval {run_dir} --device cpu",
+    }
+    (run_dir / "reeval.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _tag(summary: dict[str, Any], variant: str) -> str:
+    parts = ["cifar10", variant]
+    if summary.get("schedule", "paper") != "paper":
+        a, _, b = summary["schedule"].partition("/")
+        parts.append(f"sched{a}of{b}")
+    parts.append(f"seed{summary.get('seed', 0)}")
+    if not summary["device"].startswith("CPU"):
+        parts.append("gpu")
+    return "_".join(p for p in parts if p)
+
+
+def build_index(
+    results: str | Path, *, verify: bool = False, data_dir: str | None = None, out: Path = INDEX
+) -> dict[str, Any]:
+    """Write the index from the ledger under ``results``; returns it, with ``skipped`` listing
+    the runs left out and why. ``verify`` re-evaluates runs without a current ``reeval.json``."""
+    from reslab.engine.weights import model_options, read_metadata
+    from reslab.experiments.ledger import collect
+    from reslab.models import create_model
+
+    results = Path(results)
+    entries: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for summary in collect(results):
+        run_dir = results / summary["_dir"]
+        path = run_dir / "model.safetensors"
+        if summary.get("dataset", "cifar10") != "cifar10" or not path.is_file():
+            continue
+        digest = sha256(path)
+        reeval_path = run_dir / "reeval.json"
+        reeval = json.loads(reeval_path.read_text()) if reeval_path.is_file() else {}
+        if reeval.get("sha256") != digest:
+            if not verify:
+                skipped[summary["_dir"]] = "not re-evaluated yet (reslab report --verify)"
+                continue
+            reeval = reevaluate(run_dir, data_dir, digest)
+        if abs(reeval["test_error"] - summary["test_error"]) > TOLERANCE:
+            skipped[summary["_dir"]] = (
+                f"re-evaluates to {reeval['test_error']:.2f}%, not the {summary['test_error']:.2f}% claimed"
+            )
+            continue
+        meta = read_metadata(path)
+        model = meta["model"]
+        options = model_options(model, create_model(model, **json.loads(meta.get("model_options", "{}"))))  # fmt: skip
+        variant = summary["model"].removeprefix(model).lstrip("-")
+        entries[f"{model}.{_tag(summary, variant)}"] = {
+            "model": model,
+            "model_options": options,
+            "file": f"{summary['_dir']}/model.safetensors",
+            "sha256": digest,
+            "bytes": path.stat().st_size,
+            "dataset": "cifar10",
+            "classes": json.loads(meta["classes"]),
+            "normalization": meta.get("normalization", "pixel"),
+            "test_error": summary["test_error"],
+            "reevaluated_test_error": reeval["test_error"],
+            "schedule": summary.get("schedule", "paper"),
+            "seed": summary.get("seed", 0),
+            "device": summary["device"],
+            "code_version": summary.get("code_version"),
+            "command": summary.get("command"),
+            "ledger": summary["_dir"],
+        }
+    aliases = {}
+    for suffix in ("_seed0", "_seed0_gpu"):  # the paper schedule's seed 0, the CPU run first
+        for name in sorted(entries):
+            model, tag = name.split(".")
+            if tag == f"cifar10{suffix}":
+                aliases.setdefault(f"{model}.cifar10", name)
+    data = {
+        "generated_by": "reslab report",
+        "base_url": None,
+        "entries": dict(sorted(entries.items())),
+        "aliases": dict(sorted(aliases.items())),
+    }
+    out.write_text(json.dumps(data, indent=1) + "\n")
+    from reslab.hub import index
+
+    index.cache_clear()
+    return {**data, "skipped": skipped}

@@ -65,43 +65,57 @@ def run_and_record(
     return rows, path, kind
 
 
+def _ratio(r: dict[str, Any], key: str, base: str) -> str:
+    return f"{r[key] / r[base]:.2f}x" if r.get(base) else "-"
+
+
+# kind -> columns: (header, width, the cell of a row)
+COLUMNS: dict[str, list[tuple[str, int, Any]]] = {
+    "data": [
+        ("benchmark", -24, lambda r: r["name"]),
+        ("images/s", 10, lambda r: f"{r['images_per_s']:.0f}"),
+        ("baseline", 10, lambda r: f"{r.get('baseline_images_per_s') or 0:.0f}"),
+        ("ratio", 6, lambda r: _ratio(r, "images_per_s", "baseline_images_per_s")),
+    ],
+    "train": [
+        ("model", -10, lambda r: r["model"]),
+        ("train img/s", 11, lambda r: f"{r['images_per_s']:.0f}"),
+        ("baseline", 9, lambda r: f"{r['baseline_images_per_s']:.0f}"),
+        ("ratio", 6, lambda r: f"{r['speedup']:.2f}x"),
+        (
+            "paper schedule",
+            15,
+            lambda r: f"{r['paper_schedule_s'] / 3600:.2f} h" if "paper_schedule_s" in r else "-",
+        ),
+        ("infer img/s", 12, lambda r: f"{r['inference_images_per_s']:.0f}"),
+        ("baseline", 9, lambda r: f"{r['baseline_inference_images_per_s']:.0f}"),
+    ],
+    "train-concurrent": [
+        ("model", -10, lambda r: r["model"]),
+        ("mode", -10, lambda r: r["mode"]),
+        ("N", 3, lambda r: str(r["concurrent"])),
+        ("threads/run", 11, lambda r: str(r["threads_per_run"])),
+        ("aggregate img/s", 16, lambda r: f"{r['aggregate_images_per_s']:.0f}"),
+        ("alone", 8, lambda r: f"{r['alone_images_per_s']:.0f}"),
+        ("ratio", 6, lambda r: f"{r['ratio']:.2f}x"),
+    ],
+    "infer": [
+        ("model", -10, lambda r: r["model"]),
+        ("batch", 5, lambda r: str(r["batch_size"])),
+        ("torch fp32", 11, lambda r: f"{r['torch_eager_fp32_images_per_s']:.0f}"),
+        ("torch bf16", 11, lambda r: f"{r['torch_bf16_channels_last_images_per_s']:.0f}"),
+        ("ratio", 6, lambda r: f"{r['bf16_ratio']:.2f}x"),
+        ("onnxruntime", 12, lambda r: f"{r['onnxruntime_fp32_images_per_s']:.0f}"),
+        ("ratio", 6, lambda r: f"{r['onnxruntime_ratio']:.2f}x"),
+    ],
+}
+
+
 def table(kind: str, rows: list[dict[str, Any]]) -> str:
-    """The rows of a ``kind`` benchmark as a text table, each against its baseline."""
-    if kind == "infer":
-        lines = [f"{'model':<10} {'batch':>5} {'torch fp32':>11} {'torch bf16':>11} {'onnxruntime':>12}  (images/s; ratios to torch fp32)"]  # fmt: skip
-        for r in rows:
-            lines.append(
-                f"{r['model']:<10} {r['batch_size']:>5} {r['torch_eager_fp32_images_per_s']:>11.0f} "
-                f"{r['torch_bf16_channels_last_images_per_s']:>11.0f} {r['onnxruntime_fp32_images_per_s']:>12.0f}"
-                f"  (bf16 {r['bf16_ratio']:.2f}x, onnxruntime {r['onnxruntime_ratio']:.2f}x)"
-            )
-        return "\n".join(lines)
-    if kind == "train-concurrent":
-        lines = [f"{'model':<10} {'mode':<10} {'N':>3} {'threads/run':>11} {'aggregate img/s':>16} {'alone':>8} {'ratio':>6}"]  # fmt: skip
-        for r in rows:
-            lines.append(
-                f"{r['model']:<10} {r['mode']:<10} {r['concurrent']:>3} {r['threads_per_run']:>11} "
-                f"{r['aggregate_images_per_s']:>16.0f} {r['alone_images_per_s']:>8.0f} {r['ratio']:>5.2f}x"
-            )
-        return "\n".join(lines)
-    if kind == "data":
-        lines = [f"{'benchmark':<24} {'images/s':>10} {'baseline':>10} {'ratio':>6}"]
-        for r in rows:
-            base = r.get("baseline_images_per_s")
-            ratio = f"{r['images_per_s'] / base:.2f}x" if base else "-"
-            lines.append(
-                f"{r['name']:<24} {r['images_per_s']:>10.0f} {base or 0:>10.0f} {ratio:>6}"
-            )
-        return "\n".join(lines)
-    lines = [
-        f"{'model':<10} {'train img/s':>11} {'baseline':>9} {'ratio':>6} {'paper schedule':>15} "
-        f"{'infer img/s':>12} {'baseline':>9}"
-    ]
-    for r in rows:
-        sched = f"{r['paper_schedule_s'] / 3600:.2f} h" if "paper_schedule_s" in r else "-"
-        lines.append(
-            f"{r['model']:<10} {r['images_per_s']:>11.0f} {r['baseline_images_per_s']:>9.0f} "
-            f"{r['speedup']:>5.2f}x {sched:>15} {r['inference_images_per_s']:>12.0f} "
-            f"{r['baseline_inference_images_per_s']:>9.0f}"
-        )
-    return "\n".join(lines)
+    """The rows of a ``kind`` benchmark as a text table (images/s; ratios to the baseline)."""
+    columns = COLUMNS[kind]
+
+    def line(cells: list[str]) -> str:
+        return " ".join(f"{c:<{-w}}" if w < 0 else f"{c:>{w}}" for c, (_, w, _) in zip(cells, columns, strict=True))  # fmt: skip
+
+    return "\n".join([line([h for h, _, _ in columns]), *(line([cell(r) for _, _, cell in columns]) for r in rows)])  # fmt: skip

@@ -84,11 +84,8 @@ class _BatchUnpickler(pickle.Unpickler):
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def _missing_message(root: Path, missing: list[str], reason: str) -> str:

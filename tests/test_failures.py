@@ -269,7 +269,11 @@ def test_sigterm_under_the_cli_checkpoints_and_resumes(data_dir, tmp_path):
     """A real signal to a real process: exit 130 with a checkpoint, then the same command ends."""
     cmd = [sys.executable, "-m", "reslab", *_tiny_args(data_dir, tmp_path / "r", "train.iterations=400")]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(25)
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.is_file() and '"train_loss"' in metrics.read_text()):  # training has begun
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 130
     assert subprocess.run(cmd, capture_output=True).returncode == 0

@@ -208,6 +208,9 @@ def test_run_directory_contents(tiny_config, tmp_path):
     ]
     model, meta = load_weights(run)
     assert meta["model"] == "resnet8" and type(model).__name__ == "ResNet"
+    # the complete architecture, and only the keys that belong to a CIFAR run
+    assert json.loads(meta["model_options"])["shortcut_pad"] == "after"
+    assert not {"eval_dir", "crop", "resize"} & set(meta) and meta["train_split"] == "train"
     evals = [r for r in read_jsonl(run / "metrics.jsonl") if "test_error" in r]
     assert [r["iteration"] for r in evals] == [4, 8, 9]
     # running again returns the finished run instead of training twice

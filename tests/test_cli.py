@@ -97,3 +97,12 @@ def test_train_then_eval_agree(data_dir, tmp_path, capsys):
     # the same directory with another config is refused instead of silently mixed
     assert main([*args[:-2], "--set", "train.batch_size=64"]) == 2
     assert "different config" in capsys.readouterr().err
+
+
+def test_demo_trains_and_reports_its_accuracy(data_dir, tmp_path, capsys):
+    """``make demo``'s command on a short schedule: the last line states the test accuracy."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--iterations", "8", "--data-dir", str(data_dir), "--out", str(out)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("reslab demo: CIFAR-10 test accuracy of ResNet-20 after 8 iterations: ")
+    assert (out / "model.safetensors").is_file()

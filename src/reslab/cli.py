@@ -68,9 +68,8 @@ def _train(args: argparse.Namespace, extra: Sequence[str] = ()) -> dict:
     from reslab.config import load_config
     from reslab.engine.trainer import fit
 
-    machine = [f"data.data_dir={args.data_dir}"] * bool(args.data_dir)
-    machine += [f"train.device={args.device}"] * bool(args.device)
-    machine += [f"train.init={args.init}"] * bool(getattr(args, "init", None))
+    given = {"data.data_dir": args.data_dir, "train.device": args.device, "train.init": getattr(args, "init", None)}  # fmt: skip
+    machine = [f"{key}={value}" for key, value in given.items() if value]
     cfg = load_config(args.config, [*extra, *args.overrides, *machine])
     out = args.out or f"runs/{cfg.name}"
     if MAIN_PROCESS:

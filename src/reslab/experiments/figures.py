@@ -389,7 +389,8 @@ def table6(results: str | Path, schedule: Fraction = Fraction(1), command: str =
     for (model, kind), runs in sorted(groups.items(), key=lambda kv: (_depth(kv[0][0]), kv[0])):
         data["rows"].append({
             "model": model, "device": kind, **_stats([r["test_error"] for r in runs]),
-            "train": _stats([r["train_error"] for r in runs]), "paper": paper.TABLE6.get(model),
+            "train": _stats([r["train_error"] for r in runs]),
+            "paper": {**paper.TABLE6, "preact_resnet1001": paper.PREACT_RESNET1001}.get(model),
             "dirs": sorted(r["_dir"] for r in runs),
         })  # fmt: skip
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -17,8 +17,6 @@ from typing import Any
 
 from reslab.hub import INDEX, TOLERANCE, sha256
 
-PAPER_ORDER = ("paper", "gpu")  # which run a plain alias names: the paper schedule, CPU first
-
 
 def reevaluate(run_dir: Path, data_dir: str | None, digest: str) -> dict[str, Any]:
     """Test the run's weights on the CIFAR-10 test set (on the CPU) and keep the result."""

@@ -143,7 +143,10 @@ class GraphedStep:
             return
         self.model.zero_grad(set_to_none=True)  # the graph allocates (and rewrites) the gradients
         self.graph = torch.cuda.CUDAGraph()
-        # thread_local: packed runs capture their graphs while others run on their own streams
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+        # packed runs (one thread and stream each) capture on their own stream, thread_local so
+        # that the others may go on meanwhile; a lone run captures on torch's side stream
+        current = torch.cuda.current_stream()
+        own = None if current == torch.cuda.default_stream() else current
+        with torch.cuda.graph(self.graph, stream=own, capture_error_mode="thread_local"):
             self._body()
         self.graph.replay()  # capturing records the step without running it

@@ -75,3 +75,19 @@ def test_a_failing_packed_run_is_reported(tiny_config, tmp_path):
     with RunLock(tmp_path / "b"), pytest.raises(RunError, match="in use by another reslab process"):
         fit_packed(jobs, 2, mode="streams")
     assert (tmp_path / "a" / "checkpoints").is_dir()  # the other run checkpointed and stopped
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is present")
+def test_packed_streams_on_a_gpu_train_like_the_runs_alone(tiny_config, tmp_path):
+    """Two runs' whole-step CUDA graphs captured and replayed on their own streams at once: each
+    ends close to the same run alone (cuDNN may pick other kernels: a tolerance, not bitwise)."""
+    cfgs = [tiny_config(**{"train.seed": s, "train.device": "cuda"}) for s in (0, 1)]
+    jobs = [(cfg, tmp_path / "packed" / f"run{i}") for i, cfg in enumerate(cfgs)]
+    summaries = fit_packed(jobs, 2, mode="streams")
+    assert [s["cuda_graph"] for s in summaries] == ["whole step"] * 2
+    for i, cfg in enumerate(cfgs):
+        fit(cfg, tmp_path / "alone" / f"run{i}", progress=False)
+        alone, packed = _weights(tmp_path / "alone" / f"run{i}"), _weights(jobs[i][1])
+        for k in alone:
+            torch.testing.assert_close(packed[k].float(), alone[k].float(), rtol=1e-2, atol=1e-3)

@@ -6,7 +6,7 @@ Training (Sec. 3.4): the shorter side resized to a random length in [256, 480] (
 a random 224x224 crop, a horizontal flip with probability 1/2; then, per batch and on the batch's
 device, mean subtraction and AlexNet's PCA lighting noise. Testing: shorter side 256 and the centre
 224 crop; 10-crop (four corners and the centre, and their mirror images); fully-convolutional
-multi-scale testing with shorter sides {224, 256, 384, 480, 640} (see ``reslab.engine.multiview``).
+multi-scale testing with shorter sides {224, 256, 384, 480, 640} (see ``reslab.engine.evaluate``).
 
 Images are decoded by ``torchvision.io`` in ``DataLoader`` workers; greyscale and CMYK JPEGs become
 RGB. A file that cannot be decoded, or whose header announces more than :data:`MAX_PIXELS` pixels

@@ -74,6 +74,42 @@ def interrupt_after(monkeypatch):
     return arm
 
 
+@pytest.fixture
+def packed_after_interrupt(tmp_path, interrupt_after, monkeypatch):
+    """``packed_after_interrupt(cfgs, mode, resumed)``: run ``resumed`` alone is interrupted at
+    step 4, then all are trained packed (``mode``) under ``tmp_path/packed``; checks that each
+    finished and that that run resumed; returns (jobs, summaries)."""
+    import json
+
+    from reslab.engine import fit
+    from reslab.engine.packed import fit_packed
+
+    def run(cfgs, mode: str, resumed: int):
+        jobs = [(cfg, tmp_path / "packed" / f"run{i}") for i, cfg in enumerate(cfgs)]
+        interrupt_after(4)
+        assert fit(cfgs[resumed], jobs[resumed][1], progress=False)["status"] == "interrupted"
+        monkeypatch.undo()
+        summaries = fit_packed(jobs, len(jobs), mode=mode)
+        assert [s["status"] for s in summaries] == ["finished"] * len(jobs)
+        lines = (jobs[resumed][1] / "metrics.jsonl").read_text().splitlines()
+        assert any(json.loads(x).get("event") == "resume" for x in lines)
+        return jobs, summaries
+
+    return run
+
+
+@pytest.fixture
+def table6_args(data_dir, tmp_path):
+    """``reslab reproduce table6`` of two ResNet-20 seeds at 1/12800 of the schedule (batch 32,
+    no periodic evaluation), ledger in ``tmp_path/results``."""
+    return [
+        "reproduce", "table6", "--schedule", "1/12800", "--only", "resnet20", "--seeds", "2",
+        "--results", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"),
+        "--data-dir", str(data_dir), "--no-progress", "--set", "train.eval_every=0",
+        "--set", "data.eval_split=val5k", "--set", "train.batch_size=32",
+    ]  # fmt: skip
+
+
 class HTTPServer:
     """Serves ``root`` on 127.0.0.1; ``mode`` "truncate" announces the whole file and sends half."""
 

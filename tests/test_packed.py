@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -49,19 +47,12 @@ def test_packed_processes_match_the_runs_alone(tiny_config, tmp_path, one_thread
 
 
 def test_packed_threads_match_the_runs_alone_and_resume(
-    tiny_config, tmp_path, monkeypatch, interrupt_after
+    tiny_config, tmp_path, packed_after_interrupt
 ):
     """The streams mode (one thread per run in this process; on a GPU each on its own CUDA
     stream), with one run resuming from its own interrupted checkpoint."""
     cfgs = [tiny_config(**{"train.seed": 0}), tiny_config(**{"train.seed": 2})]
-    jobs = [(cfg, tmp_path / "packed" / f"run{i}") for i, cfg in enumerate(cfgs)]
-    interrupt_after(4)
-    assert fit(cfgs[1], jobs[1][1], progress=False)["status"] == "interrupted"
-    monkeypatch.undo()
-    summaries = fit_packed(jobs, 2, mode="streams")
-    assert [s["status"] for s in summaries] == ["finished"] * 2
-    events = [json.loads(x) for x in (jobs[1][1] / "metrics.jsonl").read_text().splitlines()]
-    assert any(e.get("event") == "resume" for e in events)
+    jobs, _ = packed_after_interrupt(cfgs, "streams", resumed=1)
     for i, cfg in enumerate(cfgs):
         fit(cfg, tmp_path / "alone" / f"run{i}", progress=False)
         assert _same(_weights(tmp_path / "alone" / f"run{i}"), _weights(jobs[i][1])), i

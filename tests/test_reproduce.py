@@ -179,16 +179,10 @@ def test_a_recorded_run_keeps_the_command_that_trained_it(tmp_path):
     assert json.loads((target / "summary.json").read_text())["command"].endswith("fig7")
 
 
-def test_packed_seeds_go_into_the_ledger_with_table6(data_dir, tmp_path, capsys):
+def test_packed_seeds_go_into_the_ledger_with_table6(tmp_path, table6_args, capsys):
     """``--concurrent 2``: two seeds trained at once (two one-thread processes), both recorded;
     Table 6 and the ledger report give mean ± std over them; a bad --concurrent is one line."""
-    results = tmp_path / "results"
-    args = [
-        "reproduce", "table6", "--schedule", "1/12800", "--only", "resnet20", "--seeds", "2",
-        "--results", str(results), "--runs-dir", str(tmp_path / "runs"), "--data-dir",
-        str(data_dir), "--no-progress", "--set", "train.eval_every=0",
-        "--set", "data.eval_split=val5k", "--set", "train.batch_size=32",
-    ]  # fmt: skip
+    results, args = tmp_path / "results", table6_args
     assert main([*args, "--concurrent", "0"]) == 2
     assert "--concurrent '0': expected a number >= 1 or auto" in capsys.readouterr().err
     assert main([*args, "--concurrent", "2"]) == 0

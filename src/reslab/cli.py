@@ -17,6 +17,11 @@ from collections.abc import Sequence
 from reslab.errors import ReslabError
 
 DEVICES = ("auto", "cpu", "cuda")
+PACK_MODES = (
+    "processes",
+    "streams",
+    "stacked",
+)  # reslab.engine.packed.MODES (no torch import here)
 MAIN_PROCESS = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 prints
 
 
@@ -133,7 +138,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         args.experiment, parse_schedule(args.schedule), seeds=args.seeds, only=args.only,
         data_dir=args.data_dir, device=args.device, runs_dir=args.runs_dir,
         results_dir=args.results, argv=args.argv, progress=not args.no_progress,
-        overrides=args.overrides, restart=args.restart, concurrent=args.concurrent,
+        overrides=args.overrides, restart=args.restart, concurrent=args.concurrent, pack=args.pack,
     )  # fmt: skip
     codes = [_report(s) for s in summaries]
     print("\n".join(f"wrote {path}" for path in written))
@@ -226,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", default="1", help="fraction of the paper's iterations, e.g. 1/8 (default 1)")  # fmt: skip
     p.add_argument("--seeds", type=_positive, default=1, help="runs per model (seeds 0..K-1)")
     p.add_argument("--concurrent", default="1", help="runs trained at once on the device: a number, or auto (measured choice)")  # fmt: skip
+    p.add_argument("--pack", default="auto", choices=["auto", *PACK_MODES], help="how packed runs share the device (auto: processes on CPU, streams on CUDA)")  # fmt: skip
     p.add_argument("--only", nargs="+", help="only these models of the experiment")
     p.add_argument("--runs-dir", default="runs/reproduce", help="where checkpoints live")
     p.add_argument("--results", default="results", help="the ledger")
@@ -259,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56", "resnet110", "resnet50"])
     p.add_argument("--steps", type=_positive, default=20, help="timed training steps per model")
     p.add_argument("--concurrent", type=_positive, nargs="+", help="measure N runs trained at once against one alone (packed runs)")  # fmt: skip
+    p.add_argument("--pack", nargs="+", default=["auto"], choices=["auto", *PACK_MODES], help="packing modes measured with --concurrent")  # fmt: skip
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--compile", default="auto", choices=["auto", "false", "default", "reduce-overhead", "max-autotune"],
                    help="torch.compile mode of reslab's path (auto: the engine's default)")  # fmt: skip

@@ -5,13 +5,15 @@
 Each run is the engine's CIFAR step (:func:`reslab.bench.train.engine_step`: the loader, the step,
 the metric window, as ``fit`` runs it). ``processes``: N processes with the device's CPU threads
 split between them (``threads`` each); ``streams``: N threads of one process, each on its own CUDA
-stream. All N start their timed steps together (a barrier) and the aggregate is N x steps x batch
+stream; ``stacked``: N threads of one process whose steps run as one grouped net
+(:mod:`reslab.engine.stacked`). All N start their timed steps together (a barrier) and the aggregate is N x steps x batch
 over the slowest one's time; the baseline, measured in the same call, is one run alone with every
 thread (``concurrent=1``). The ratio says whether packing pays on this machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import threading
 import time
@@ -21,16 +23,21 @@ from typing import Any
 import torch
 
 
-def _timed_run(name, images, labels, batch, steps, warmup, device, threads, barrier, results):
+def _timed_run(
+    name, images, labels, batch, steps, warmup, device, threads, barrier, results, seat=None, seed=0
+):
     """One packed run: warm up, wait for the others, time ``steps`` steps; report the seconds."""
     from reslab.bench.train import engine_step
 
     if threads is not None:
         torch.set_num_threads(threads)
     device = torch.device(device)
-    stream = torch.cuda.Stream() if device.type == "cuda" else None
-    with torch.cuda.stream(stream) if stream is not None else _nothing():
-        one_step = engine_step(name, images, labels, batch, device, cuda_graph=stream is not None)
+    stream = torch.cuda.Stream() if device.type == "cuda" and seat is None else None
+    with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+        graph = stream is not None
+        one_step = engine_step(
+            name, images, labels, batch, device, cuda_graph=graph, seat=seat, seed=seed
+        )
         for _ in range(warmup):
             one_step()
         if stream is not None:
@@ -41,14 +48,8 @@ def _timed_run(name, images, labels, batch, steps, warmup, device, threads, barr
             one_step()
         one_step.window.tolist()  # waits for this run's work
         results.put(time.perf_counter() - start)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    if seat is not None:
+        seat.leave()
 
 
 def packed_images_per_s(
@@ -74,7 +75,13 @@ def packed_images_per_s(
 
         barrier, results, worker = threading.Barrier(concurrent), queue.Queue(), threading.Thread
     args = (name, images, labels, batch, steps, warmup, device, threads, barrier, results)
-    workers = [worker(target=_timed_run, args=args) for _ in range(concurrent)]
+    group = None
+    if mode == "stacked":
+        from reslab.engine.stacked import StackGroup
+
+        group = StackGroup()
+    seats = [group.join() if group else None for _ in range(concurrent)]
+    workers = [worker(target=_timed_run, args=(*args, seat, i)) for i, seat in enumerate(seats)]
     for w in workers:
         w.start()
     seconds = [results.get() for _ in workers]
@@ -96,22 +103,25 @@ def run(
     data_dir: str | Path | None = None,
     device: str = "cpu",
     steps: int = 40,
-    mode: str = "auto",
+    pack: list[str] = ("auto",),
 ) -> list[dict[str, Any]]:
-    """One row per model and N: the aggregate against one run alone (N = 1), in the same call.
-    ``mode`` "auto" is processes on CPU and streams on CUDA."""
+    """One row per model, packing mode and N: the aggregate against one run alone (N = 1, all
+    threads, no packing), in the same call. ``pack`` "auto" is processes on CPU and streams on
+    CUDA."""
     from reslab.bench.train import _cifar_tensors
 
-    if mode == "auto":
-        mode = "streams" if torch.device(device).type == "cuda" else "processes"
+    cuda = torch.device(device).type == "cuda"
+    modes = [("streams" if cuda else "processes") if m == "auto" else m for m in pack]
     images, labels, source = _cifar_tensors(data_dir, 10_240)
     rows = []
     for name in models:
-        alone = packed_images_per_s(name, images, labels, 1, mode=mode, steps=steps, device=device)
-        for n in concurrent:
-            row = alone if n == 1 else packed_images_per_s(
-                name, images, labels, n, mode=mode, steps=steps, device=device
-            )  # fmt: skip
-            ratio = row["aggregate_images_per_s"] / alone["aggregate_images_per_s"]
-            rows.append({**row, "data": source, "alone_images_per_s": alone["aggregate_images_per_s"], "ratio": ratio})  # fmt: skip
+        baseline = "streams" if cuda else "processes"
+        alone = packed_images_per_s(name, images, labels, 1, mode=baseline, steps=steps, device=device)  # fmt: skip
+        for mode in dict.fromkeys(modes):
+            for n in concurrent:
+                row = alone if n == 1 and mode == baseline else packed_images_per_s(
+                    name, images, labels, n, mode=mode, steps=steps, device=device
+                )  # fmt: skip
+                ratio = row["aggregate_images_per_s"] / alone["aggregate_images_per_s"]
+                rows.append({**row, "data": source, "alone_images_per_s": alone["aggregate_images_per_s"], "ratio": ratio})  # fmt: skip
     return rows

@@ -81,11 +81,14 @@ def engine_step(
     compile: str | None = None,
     cuda_graph: bool = False,
     warmup: int = 3,
+    seat=None,
+    seed: int = 0,
 ):
     """One call = one step of the engine's CIFAR training (loader + step, metrics on the device),
     as ``fit`` runs it; ``compile`` is a ``torch.compile`` mode or None (eager); ``cuda_graph``
     replays the whole step from one CUDA graph (:class:`~reslab.engine.graphed.GraphedStep`,
-    eager on CPU). The returned function's ``window`` attribute holds the metric sums."""
+    eager on CPU); a ``seat`` of a :class:`~reslab.engine.stacked.StackGroup` steps stacked with
+    the group. The returned function's ``window`` attribute holds the metric sums."""
     from reslab.data.loaders import TensorLoader
     from reslab.data.transforms import Normalize
     from reslab.engine.graphed import GraphedStep
@@ -100,9 +103,14 @@ def engine_step(
         lambda x: normalize(x).contiguous(memory_format=torch.channels_last),
         train=True,
         device=device,
+        seed=seed,
     )
     window = torch.zeros(3, dtype=torch.float64, device=device)
-    if cuda_graph:  # (a graphed step compiles the model itself)
+    if seat is not None:
+        from reslab.engine.stacked import StackedStep
+
+        step = StackedStep(seat, model, opt, loader, window, "bf16")
+    elif cuda_graph:  # (a graphed step compiles the model itself)
         if compile:
             torch._dynamo.reset()
         step = GraphedStep(

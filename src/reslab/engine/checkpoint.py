@@ -91,6 +91,15 @@ def _write_error(path: Path, err: OSError) -> Exception:
     )
 
 
+def own_storage(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with every tensor that views part of a larger storage (a stacked run's, see
+    :mod:`reslab.engine.stacked`) copied: ``torch.save`` writes a view's whole storage."""
+    return {
+        k: v.clone() if v.untyped_storage().nbytes() > v.numel() * v.element_size() else v
+        for k, v in state.items()
+    }
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save(obj)`` to ``path`` through :func:`atomic_write` (serialised in memory first,
     so that a write error is the operating system's own)."""

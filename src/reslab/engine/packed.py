@@ -12,6 +12,10 @@ what. Two ways:
   summary's ``device`` states ("... (1 threads)").
 - ``"streams"``: one thread per run in this process, each on its own CUDA stream, so that the
   runs' whole-step CUDA graphs overlap on the GPU (a small net's steps leave most of it idle).
+- ``"stacked"``: one thread per run in this process; runs of one architecture (and batch size,
+  precision, layout) train as one N-times wider net, grouped convolutions with per-net BN, heads
+  and SGD steps (:mod:`reslab.engine.stacked`). Each run's result is the same arithmetic as alone
+  in exact arithmetic; in floating point it may differ in the last bits (other kernels).
 
 At most ``concurrent`` runs train at once; the next starts when one ends. SIGINT/SIGTERM stop them
 all (each checkpoints, and the same command resumes them). A run's error stops the others and is
@@ -20,6 +24,7 @@ raised once they have checkpointed.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
@@ -35,7 +40,7 @@ from reslab.config import Config
 from reslab.errors import ReslabError
 
 Job = tuple[Config, Path]
-MODES = ("processes", "streams")
+MODES = ("processes", "streams", "stacked")
 
 
 def fit_packed(
@@ -52,27 +57,32 @@ def fit_packed(
         raise ValueError(f"mode={mode!r}; valid: {', '.join(MODES)}")
     if threads is None:
         threads = max(1, torch.get_num_threads() // max(1, concurrent))
-    pack = _Processes(threads) if mode == "processes" else _Streams()
+    pack = _Processes(threads) if mode == "processes" else _Threads(stacked=mode == "stacked")
     return pack.run(jobs, max(1, concurrent), restart)
 
 
-def _fit_one(job: Job, restart: bool, index: int, results, threads: int | None = None) -> None:
-    """One run; (index, "summary" or "error", value) goes to ``results``."""
+def _fit_one(
+    job: Job, restart: bool, index: int, results, threads: int | None = None, seat=None
+) -> None:
+    """One run; (index, "summary" or "error", value) goes to ``results``. A run with a ``seat``
+    trains stacked with its group; one of the streams mode on its own CUDA stream."""
     from reslab.engine.trainer import fit
 
     if threads is not None:
         torch.set_num_threads(threads)
     cfg, run_dir = job
+    own_stream = seat is None and torch.cuda.is_available() and cfg.train.device != "cpu"
     try:
-        if torch.cuda.is_available() and cfg.train.device != "cpu":
-            with torch.cuda.stream(torch.cuda.Stream()):  # its own stream beside the others
-                results.put((index, "summary", fit(cfg, run_dir, restart=restart, progress=False)))
-        else:
-            results.put((index, "summary", fit(cfg, run_dir, restart=restart, progress=False)))
+        with torch.cuda.stream(torch.cuda.Stream()) if own_stream else contextlib.nullcontext():
+            summary = fit(cfg, run_dir, restart=restart, progress=False, stack=seat)
+        results.put((index, "summary", summary))
     except ReslabError as err:
         results.put((index, "error", err))
     except BaseException:  # a bug: its traceback travels as text (it may not pickle)
         results.put((index, "error", RuntimeError(f"run {run_dir} failed:\n{traceback.format_exc()}")))  # fmt: skip
+    finally:
+        if seat is not None:
+            seat.leave()  # the group's other runs go on without this one
 
 
 class _Pack:
@@ -143,12 +153,22 @@ class _Processes(_Pack):
             child.join()
 
 
-class _Streams(_Pack):
-    def __init__(self) -> None:
-        self.results, self.workers = queue.Queue(), []
+class _Threads(_Pack):
+    """One thread per run (the streams and the stacked modes); stacked runs of one
+    :func:`~reslab.engine.stacked.stack_key` share a group."""
+
+    def __init__(self, stacked: bool) -> None:
+        self.results, self.workers, self.stacked = queue.Queue(), [], stacked
+        self.groups: dict[tuple, Any] = {}
 
     def start(self, job: Job, index: int, restart: bool) -> None:
-        worker = threading.Thread(target=_fit_one, args=(job, restart, index, self.results))
+        seat = None
+        if self.stacked:
+            from reslab.engine.stacked import StackGroup, stack_key
+
+            seat = self.groups.setdefault(stack_key(job[0]), StackGroup()).join()
+        args = (job, restart, index, self.results, None, seat)
+        worker = threading.Thread(target=_fit_one, args=args)
         worker.start()
         self.workers.append(worker)
 

@@ -47,6 +47,7 @@ from reslab.engine import distributed
 from reslab.engine.checkpoint import (
     atomic_save,
     atomic_write,
+    own_storage,
     prune_checkpoints,
     remove_temporaries,
     rng_state,
@@ -284,10 +285,18 @@ def graph_compile_mode(cfg: Config, device: torch.device) -> str | None:
     return "default" if mode == "reduce-overhead" else mode
 
 
-def make_step(cfg, core, optimizer, loader, window, info, device):
-    """The run's training step, chosen once: the whole step as one CUDA graph where that applies,
-    else eager (wrapped for DDP under torchrun, compiled where ``train.compile`` says so).
-    Returns (step, description for the summary)."""
+def make_step(cfg, core, optimizer, loader, window, info, device, stack=None):
+    """The run's training step, chosen once: stacked with other runs where ``stack`` (a
+    :class:`~reslab.engine.stacked.Seat`) is given, else the whole step as one CUDA graph where
+    that applies, else eager (wrapped for DDP under torchrun, compiled where ``train.compile``
+    says so). Returns (step, description for the summary)."""
+    if stack is not None:
+        from reslab.engine.stacked import StackedStep
+
+        if info.enabled:
+            raise ConfigError("stacked runs train in one process; not under torchrun")
+        step = StackedStep(stack, core, optimizer, loader, window, cfg.train.precision)
+        return step, {"compile": "off", "cuda_graph": "off", "packing": "stacked"}
     if use_cuda_graph(cfg, info, device):
         from reslab.engine.graphed import GraphedStep
 
@@ -358,13 +367,15 @@ def fit(
     restart: bool = False,
     require_checkpoint: bool = False,
     progress: bool = True,
+    stack: Any = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` in ``run_dir`` and return the summary (see the module doc).
 
     The newest checkpoint is resumed; a run directory of another config is refused, naming the
     keys that differ, unless ``restart`` deletes its outputs first; a finished run of the same
     config returns its summary. Under torchrun with several processes the run is data-parallel
-    (:mod:`reslab.engine.distributed`).
+    (:mod:`reslab.engine.distributed`); with ``stack`` (a seat of a
+    :class:`~reslab.engine.stacked.StackGroup`) its steps run stacked with the group's other runs.
     """
     run_dir = Path(run_dir)
     info, device = distributed.setup(resolve_device(cfg.train.device))
@@ -379,7 +390,7 @@ def fit(
             resumed = resume_point(cfg, run_dir)
             if resumed is None and require_checkpoint:
                 raise MissingFileError(f"{run_dir / 'checkpoints'} holds no checkpoint to resume")
-            return _train(cfg, run_dir, info, device, resumed, progress)
+            return _train(cfg, run_dir, info, device, resumed, progress, stack)
     finally:
         distributed.cleanup()
 
@@ -391,6 +402,7 @@ def _train(
     device: torch.device,
     resumed: tuple[dict[str, Any], Path] | None,
     progress: bool,
+    stack: Any = None,
 ) -> dict[str, Any]:
     t, version = cfg.train, code_version()  # the code this session runs (the checkout may move)
     if info.is_main:
@@ -422,7 +434,7 @@ def _train(
         if info.is_main:  # the saved window already holds the sum over processes
             meter.window.copy_(ckpt["window"])
         set_rng_state(ckpt["rng"])
-    step, step_kind = make_step(cfg, core, optimizer, data.train, meter.window, info, device)
+    step, step_kind = make_step(cfg, core, optimizer, data.train, meter.window, info, device, stack)
     tb_dir = run_dir / "tensorboard" if _tensorboard(t.tensorboard) else None
     logger = JsonlLogger(run_dir / "metrics.jsonl", enabled=info.is_main, tensorboard_dir=tb_dir)
     logger.truncate_after(state.iteration if resumed else -1)
@@ -564,7 +576,7 @@ class _Run:
             self.meter.window.zero_()
             return None
         payload = {
-            "model": self.core.state_dict(),
+            "model": own_storage(self.core.state_dict()),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "state": asdict(self.state),

@@ -143,13 +143,14 @@ def reproduce(
     overrides: list[str] = (),
     restart: bool = False,
     concurrent: int | str = 1,
+    pack: str = "auto",
 ) -> list[dict[str, Any]]:
     """Train (or resume) every run of ``experiment`` and record the finished ones in the ledger.
 
     Each run follows the engine's resume rules: a run directory holding another config is refused
     (naming the keys), unless ``restart`` starts it over. With ``concurrent`` > 1 (or "auto") the
-    runs train packed, that many at once (:mod:`reslab.engine.packed`): processes on a CPU, CUDA
-    streams on a GPU."""
+    runs train packed, that many at once (:mod:`reslab.engine.packed`), the way ``pack`` names
+    ("auto": processes on a CPU, CUDA streams on a GPU)."""
     from reslab.engine.packed import fit_packed
     from reslab.engine.trainer import fit
 
@@ -163,8 +164,10 @@ def reproduce(
     if n > 1:
         from reslab.engine.runtime import resolve_device
 
-        cuda = resolve_device(jobs[0][0].train.device).type == "cuda"
-        summaries = fit_packed(jobs, n, mode="streams" if cuda else "processes", restart=restart)
+        if pack == "auto":
+            cuda = resolve_device(jobs[0][0].train.device).type == "cuda"
+            pack = "streams" if cuda else "processes"
+        summaries = fit_packed(jobs, n, mode=pack, restart=restart)
     else:
         summaries = []
         for cfg, run_dir in jobs:

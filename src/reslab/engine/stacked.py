@@ -1,0 +1,350 @@
+"""Stacked runs: N networks of one architecture trained as one N-times wider network.
+
+    uv run reslab reproduce table6 --only resnet110 --seeds 5 --concurrent 5 --pack stacked
+
+The third way of packing runs (:mod:`reslab.engine.packed`). A small net leaves a GPU idle between
+its kernels; N nets stacked side by side run the same number of kernels, each N times larger:
+
+- every convolution becomes a grouped convolution with one group per net;
+- every BatchNorm normalises the N nets' channels side by side (its statistics are per channel,
+  so per net), the option-A shortcut pads each net's channels, the classifier runs per net;
+- the loss is the *sum* of the nets' own cross-entropies, so each net's gradients are exactly those
+  of its own loss; each run's optimizer then steps its own parameters with its own learning rate
+  (ResNet-110's warm-up, which raises it once that net's training error falls below 80%, stays
+  per net).
+
+The nets keep their own parameters and buffers: a stacked layer concatenates its nets' weights at
+every step (autograd splits the gradients back), and the BN running statistics are written back.
+Each run is still an ordinary :func:`~reslab.engine.trainer.fit` in its own thread, with its own
+seed, data order, checkpoints and summary; only its training step is a :class:`StackedStep`, which
+hands the batch to the :class:`StackGroup` and waits until every run of the group has handed in
+its own, when one of them runs the stacked step for all. The step body is the N-way form of
+:func:`~reslab.engine.step.train_step`.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reslab.engine.optim import PaperSGD, set_lr
+from reslab.engine.trainer import EagerStep
+from reslab.errors import ConfigError
+from reslab.models.layers import FixedStatsBatchNorm2d, PadShortcut
+
+# layers without parameters or state that act per channel or per element: the same on N nets'
+# channels side by side as on one net's
+_CHANNELWISE = (nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Identity)
+
+
+class _Stacked(nn.Module):
+    """A layer of the stacked net, made of the same layer of each net (kept in a tuple, so that
+    they are not registered here).
+
+    While bound, each of the layer's tensors (parameters, BN statistics) is one stacked tensor and
+    the nets' own tensors are views of their slices: the stacked forward reads them without a copy,
+    an optimizer stepping a net's parameters writes into the stack, and BN updates its statistics
+    in place. Unbinding gives every net its own storage back."""
+
+    def __init__(self, layers: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = tuple(layers)
+        self.stacked: dict[str, torch.Tensor] = {}
+
+    def bind(self) -> None:
+        first = self.members[0]
+        for name, tensor in [*first._parameters.items(), *first._buffers.items()]:
+            if tensor is None:
+                continue
+            parts = [getattr(m, name).detach() for m in self.members]
+            whole = torch.stack(parts) if tensor.dim() == 0 else torch.cat(parts)
+            whole.requires_grad_(tensor.requires_grad and name in first._parameters)
+            self.stacked[name] = whole
+            for m, view in zip(self.members, self._slices(whole, tensor.dim() == 0), strict=True):
+                if name in m._parameters:
+                    m._parameters[name].data = view
+                else:
+                    m._buffers[name] = view
+
+    def unbind(self) -> None:
+        for name in self.stacked:
+            for m in self.members:
+                if name in m._parameters:
+                    p = m._parameters[name]
+                    p.data = p.data.clone()
+                    p.grad = None
+                else:
+                    m._buffers[name] = m._buffers[name].clone()
+        self.stacked = {}
+
+    def share_grads(self) -> None:
+        """After backward: each net's parameter gradients are the slices of the stacked ones."""
+        for name, whole in self.stacked.items():
+            if whole.grad is not None:
+                for m, grad in zip(self.members, self._slices(whole.grad), strict=True):
+                    m._parameters[name].grad = grad
+                whole.grad = None
+
+    def _slices(self, whole: torch.Tensor, scalars: bool = False) -> tuple[torch.Tensor, ...]:
+        """Each net's part of a stacked tensor (0-dim parts of a stack of scalars)."""
+        whole = whole.detach()
+        return whole.unbind(0) if scalars else whole.chunk(len(self.members))
+
+
+class StackedConv2d(_Stacked):
+    """The nets' convolutions as one grouped convolution."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, w = self.members[0], self.stacked
+        groups = c.groups * len(self.members)
+        return F.conv2d(x, w["weight"], w.get("bias"), c.stride, c.padding, c.dilation, groups)
+
+
+class StackedBatchNorm2d(_Stacked):
+    """The nets' BatchNorms over their channels side by side."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, t = self.members[0], self.stacked
+        fixed = isinstance(first, FixedStatsBatchNorm2d)  # normalises with, and keeps, its stats
+        batch_stats = first.training and not fixed
+        if batch_stats:
+            t["num_batches_tracked"].add_(1)
+        return F.batch_norm(
+            x, t["running_mean"], t["running_var"], t["weight"], t["bias"], batch_stats,
+            first.momentum, first.eps,
+        )  # fmt: skip
+
+
+class StackedLinear(_Stacked):
+    """The nets' classifiers, each on its own net's features; logits side by side."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, (k, c) = len(self.members), self.members[0].weight.shape
+        w, b = self.stacked["weight"].view(n, k, c), self.stacked["bias"].view(1, n, k)
+        return (torch.einsum("bnc,nkc->bnk", x.view(len(x), n, c), w) + b).flatten(1)
+
+
+class StackedPadShortcut(_Stacked):
+    """Option A on each net's channels: subsample, then zero-pad that net's channels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = self.members[0]
+        if pad.stride != 1:
+            x = x[:, :, :: pad.stride, :: pad.stride]
+        extra = pad.out_ch - pad.in_ch
+        before = extra // 2 if pad.where == "both" else 0
+        per_net = x.unflatten(1, (len(self.members), pad.in_ch))
+        return F.pad(per_net, (0, 0, 0, 0, before, extra - before)).flatten(1, 2)
+
+
+_STACKED = {
+    nn.Conv2d: StackedConv2d,
+    nn.BatchNorm2d: StackedBatchNorm2d,
+    FixedStatsBatchNorm2d: StackedBatchNorm2d,
+    nn.Linear: StackedLinear,
+    PadShortcut: StackedPadShortcut,
+}
+
+
+class StackedNets(nn.Module):
+    """The N nets computed at once: input ``[B, N*C, H, W]`` (net i's images in the i-th block
+    of channels), output ``[B, N*K]`` (net i's logits in the i-th block).
+
+    ``net`` is a copy of the first net whose every layer is replaced by its stacked form, so the
+    nets' own ``forward`` code (blocks, shortcuts, pre-activation, plain nets) runs unchanged.
+    Use it between :meth:`bind` and :meth:`unbind` (a context manager does both)."""
+
+    def __init__(self, nets: list[nn.Module]) -> None:
+        super().__init__()
+        first = nets[0]
+        shapes = [[(k, tuple(v.shape)) for k, v in net.state_dict().items()] for net in nets]
+        if any(s != shapes[0] for s in shapes):
+            raise ConfigError("stacked runs need one architecture; these nets' layers differ")
+        shell = copy.deepcopy(first)
+        self.layers: list[_Stacked] = []
+        for name, layer in list(first.named_modules()):
+            if next(layer.children(), None) is not None:
+                continue  # a container: its forward runs as written, on the stacked layers
+            if isinstance(layer, _CHANNELWISE) and type(layer) not in _STACKED:
+                continue
+            kind = _STACKED.get(type(layer))
+            if kind is None or (type(layer) is nn.Conv2d and layer.padding_mode != "zeros"):
+                raise ConfigError(
+                    f"cannot stack layer {name!r} ({type(layer).__name__}); train these runs "
+                    "with --pack processes or streams"
+                )
+            stacked = kind([n.get_submodule(name) for n in nets])
+            parent, _, child = name.rpartition(".")
+            setattr(shell.get_submodule(parent), child, stacked)
+            self.layers.append(stacked)
+        self.net = shell.train(first.training)
+        self.nets = tuple(nets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def bind(self) -> StackedNets:
+        for layer in self.layers:
+            layer.bind()
+        return self
+
+    def unbind(self) -> None:
+        for layer in self.layers:
+            layer.unbind()
+
+    def share_grads(self) -> None:
+        for layer in self.layers:
+            layer.share_grads()
+
+    def __enter__(self) -> StackedNets:
+        return self.bind()
+
+    def __exit__(self, *exc) -> None:
+        self.unbind()
+
+
+@dataclass
+class _Request:
+    """One run's part of a stacked step."""
+
+    model: nn.Module
+    optimizer: PaperSGD
+    images: torch.Tensor
+    labels: torch.Tensor
+    lr: float
+    window: torch.Tensor
+    precision: str
+
+
+def stacked_train_step(stack: StackedNets, requests: list[_Request]) -> None:
+    """:func:`~reslab.engine.step.train_step` for N runs at once (``stack`` bound): the stacked
+    forward, each run's cross-entropy on its own logits, backward of their sum, each run's SGD
+    update with its own learning rate, and each run's loss and errors added to its own window."""
+    images = torch.cat([r.images for r in requests], 1)
+    enabled = requests[0].precision == "bf16"
+    with torch.autocast(images.device.type, torch.bfloat16, enabled=enabled, cache_enabled=False):
+        logits = stack(images).chunk(len(requests), 1)
+        losses = [
+            F.cross_entropy(z.float(), r.labels) for z, r in zip(logits, requests, strict=True)
+        ]
+    torch.stack(losses).sum().backward()
+    stack.share_grads()
+    for r, z, loss in zip(requests, logits, losses, strict=True):
+        r.optimizer.step(lr=r.lr)
+        with torch.no_grad():
+            r.window[0] += loss.detach() * len(r.labels)
+            r.window[1] += (z.detach().argmax(1) != r.labels).sum()
+            r.window[2] += len(r.labels)
+
+
+class StackGroup:
+    """Runs (one thread each) whose steps execute together as one stacked net.
+
+    A run takes a :class:`Seat` with :meth:`join` and gives it back with ``seat.leave()`` when it
+    ends (however it ends). Each step waits until every seated run has handed in its batch; the
+    last one to arrive runs the stacked step for all. A run that is evaluating or checkpointing
+    holds the others' next step until it comes back (runs of one config do both at the same
+    iterations)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._seats: list[Seat] = []
+        self._waiting: dict[Seat, _Request] = {}
+        self._generation = 0
+        self._failures: dict[int, BaseException] = {}
+        self._stack: StackedNets | None = None  # bound to the nets of the last step
+
+    def join(self) -> Seat:
+        seat = Seat(self)
+        with self._cond:
+            self._seats.append(seat)
+        return seat
+
+    def _leave(self, seat: Seat) -> None:
+        with self._cond:
+            if seat in self._seats:
+                self._seats.remove(seat)
+                self._waiting.pop(seat, None)
+                if self._stack is not None and seat.model in self._stack.nets:
+                    self._stack.unbind()  # the run ends with tensors of its own
+                    self._stack = None
+                self._run_if_complete()
+
+    def _submit(self, seat: Seat, request: _Request) -> None:
+        with self._cond:
+            self._waiting[seat] = request
+            generation = self._generation
+            self._run_if_complete()
+            while self._generation == generation:
+                self._cond.wait()
+            failure = self._failures.get(generation)
+        if failure is not None:
+            raise RuntimeError("the stacked training step failed") from failure
+
+    def _run_if_complete(self) -> None:
+        """Run the step once every seated run has handed in its batch (the lock is held)."""
+        if not self._waiting or len(self._waiting) < len(self._seats):
+            return
+        requests = [self._waiting[s] for s in self._seats]
+        try:
+            stacked_train_step(self._stacked([r.model for r in requests]), requests)
+        except BaseException as err:  # every waiting run raises it
+            self._failures[self._generation] = err
+        self._waiting.clear()
+        self._generation += 1
+        self._cond.notify_all()
+
+    def _stacked(self, nets: list[nn.Module]) -> StackedNets:
+        """The stacked net of ``nets``, bound; rebuilt when the group's runs change."""
+        if self._stack is None or self._stack.nets != tuple(nets):
+            if self._stack is not None:
+                self._stack.unbind()
+            self._stack = None
+            self._stack = StackedNets(nets).bind()
+        return self._stack
+
+
+class Seat:
+    """A run's place in a :class:`StackGroup`."""
+
+    def __init__(self, group: StackGroup) -> None:
+        self.group = group
+        self.model: nn.Module | None = None
+
+    def step(self, request: _Request) -> None:
+        self.model = request.model
+        self.group._submit(self, request)
+
+    def leave(self) -> None:
+        self.group._leave(self)
+
+
+class StackedStep(EagerStep):
+    """A run's training steps, executed stacked with the other runs of its group: used like
+    :class:`~reslab.engine.trainer.EagerStep` (``start_epoch``, then one call per step)."""
+
+    def __init__(self, seat: Seat, model, optimizer: PaperSGD, loader, window, precision) -> None:
+        super().__init__(model, optimizer, loader, window, precision)
+        self.seat = seat
+
+    def __call__(self, lr: float) -> None:
+        set_lr(self.optimizer, lr)  # checkpoints and logs read it there
+        images, labels = next(self._batches)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.seat.step(
+            _Request(self.model, self.optimizer, images, labels, lr, self.window, self.precision)
+        )
+
+
+def stack_key(cfg: Any) -> tuple:
+    """Runs with the same key can be stacked: one architecture, batch size, precision, layout."""
+    t = cfg.train
+    options = tuple(sorted((k, repr(v)) for k, v in cfg.model.options.items()))
+    return (cfg.model.name, options, cfg.data.dataset, t.batch_size, t.precision,
+            t.channels_last, t.device, t.freeze_stages, t.freeze_bn)  # fmt: skip

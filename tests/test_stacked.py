@@ -1,0 +1,170 @@
+"""Stacked runs: N nets trained as one grouped net compute what each net computes alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reslab.engine import fit
+from reslab.engine.checkpoint import load_checkpoint
+from reslab.engine.optim import PaperSGD
+from reslab.engine.stacked import StackedNets, _Request, stacked_train_step
+from reslab.errors import ConfigError
+from reslab.models import create_model
+
+
+def _nets(name: str, n: int = 3, **options):
+    nets = []
+    for seed in range(n):
+        torch.manual_seed(seed)
+        net = create_model(name, **options)
+        for m in net.modules():  # BN scales and shifts away from 1 and 0, so that they matter
+            if isinstance(m, torch.nn.BatchNorm2d):
+                torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+                torch.nn.init.uniform_(m.bias, -0.2, 0.2)
+        nets.append(net)
+    return nets
+
+
+VARIANTS = [
+    ("resnet8", {}),  # option A: zero-padding shortcuts
+    ("plain8", {}),
+    ("resnet8", {"shortcut": "B"}),
+    ("resnet8", {"shortcut": "C"}),
+    ("preact_resnet8", {}),
+    ("resnet8", {"shortcut": "A", "shortcut_pad": "both"}),
+    ("resnet11", {"block": "bottleneck", "shortcut": "B"}),
+]
+
+
+@pytest.mark.parametrize(("name", "options"), VARIANTS)
+def test_the_stacked_net_computes_each_net(name, options):
+    """Logits, gradients and BN running statistics of every net equal the net's alone."""
+    torch.manual_seed(10)
+    images = [torch.randn(8, 3, 16, 16) for _ in range(3)]
+    labels = [torch.randint(0, 10, (8,)) for _ in range(3)]
+    alone, stacked = _nets(name, **options), _nets(name, **options)
+    expected = []
+    for net, x, y in zip(alone, images, labels, strict=True):
+        logits = net(x)
+        F.cross_entropy(logits, y).backward()
+        expected.append(logits.detach())
+    with StackedNets(stacked) as stack:
+        logits = stack(torch.cat(images, 1)).chunk(3, 1)
+        sum(F.cross_entropy(z, y) for z, y in zip(logits, labels, strict=True)).backward()
+        stack.share_grads()
+        grads = [[p.grad.clone() for p in net.parameters()] for net in stacked]
+    for i, (a, s) in enumerate(zip(alone, stacked, strict=True)):
+        torch.testing.assert_close(logits[i], expected[i], rtol=1e-5, atol=1e-5)
+        for (key, pa), grad in zip(a.named_parameters(), grads[i], strict=True):
+            torch.testing.assert_close(grad, pa.grad, rtol=1e-4, atol=1e-5, msg=key)
+        for key, buf in a.state_dict().items():
+            torch.testing.assert_close(s.state_dict()[key], buf, msg=key)
+        for t in s.state_dict().values():  # unbound: each net's tensors are its own again
+            assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
+
+
+def test_each_net_steps_with_its_own_learning_rate():
+    """One stacked step with lr 0.1 for one net and 0.01 for the other (ResNet-110's warm-up is
+    per net) moves each net as its own step alone would."""
+    torch.manual_seed(3)
+    alone, stacked = _nets("resnet8", 2), _nets("resnet8", 2)
+    batches = [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))) for _ in range(2)]
+    lrs = [0.1, 0.01]
+    requests = []
+    for net, (x, y), lr in zip(stacked, batches, lrs, strict=True):
+        opt = PaperSGD(net.parameters(), lr, 0.9, 1e-4)
+        requests.append(_Request(net, opt, x, y, lr, torch.zeros(3, dtype=torch.float64), "fp32"))
+    with StackedNets(stacked) as stack:
+        stacked_train_step(stack, requests)
+    for net, (x, y), lr, request in zip(alone, batches, lrs, requests, strict=True):
+        opt = PaperSGD(net.parameters(), lr, 0.9, 1e-4)
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        assert request.window[2] == 8
+        torch.testing.assert_close(request.window[0] / 8, loss.detach().double(), rtol=1e-5, atol=0)
+    for a, s in zip(alone, stacked, strict=True):
+        for key, value in a.state_dict().items():
+            torch.testing.assert_close(s.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_nets_of_different_architectures_are_refused():
+    with pytest.raises(ConfigError, match="one architecture"):
+        StackedNets([create_model("resnet8"), create_model("resnet14")])
+
+
+def _weights(run_dir):
+    return load_checkpoint(run_dir / "checkpoints" / "final.pt")["model"]
+
+
+def test_stacked_runs_train_like_the_runs_alone(tiny_config, tmp_path, packed_after_interrupt):
+    """Two seeds of ResNet-8 stacked (one resuming from its own interrupted checkpoint, one with
+    the warm-up learning rate), beside a plain-8 in a stack of its own: each ends where it ends
+    alone, to float tolerance, with its own metrics."""
+    warm = {"optim.warmup_lr": 0.01, "optim.warmup_until_error": 85.0}
+    cfgs = [
+        tiny_config(**{"train.seed": 0, "train.precision": "fp32"}),
+        tiny_config(**{"train.seed": 1, "train.precision": "fp32", **warm}),
+        tiny_config(**{"train.seed": 0, "train.precision": "fp32", "model.name": "plain8"}),
+    ]
+    jobs, summaries = packed_after_interrupt(cfgs, "stacked", resumed=0)
+    assert [s["packing"] for s in summaries] == ["stacked"] * 3
+    for i, cfg in enumerate(cfgs):
+        alone = fit(cfg, tmp_path / "alone" / f"run{i}", progress=False)
+        assert abs(alone["test_error"] - summaries[i]["test_error"]) <= 0.1, i
+        a, s = _weights(tmp_path / "alone" / f"run{i}"), _weights(jobs[i][1])
+        sizes = [(d / "checkpoints" / "final.pt").stat().st_size for d in (jobs[i][1], tmp_path / "alone" / f"run{i}")]  # fmt: skip
+        assert sizes[0] < 1.05 * sizes[1]  # its own tensors only, not the whole stack's
+        for key in a:
+            torch.testing.assert_close(s[key], a[key], rtol=1e-3, atol=1e-4, msg=f"run{i} {key}")
+    first_lr = [_logged(run_dir)[0]["lr"] for _, run_dir in jobs[:2]]
+    assert first_lr == [0.1, 0.01]  # the warm-up's learning rate is that run's alone
+
+
+def _logged(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if "train_loss" in e]
+
+
+def test_reproduce_and_bench_take_the_stacked_pack(data_dir, tmp_path, table6_args):
+    """``reslab reproduce ... --concurrent 2 --pack stacked`` records both seeds (trained as one
+    grouped net); ``reslab bench train --pack stacked`` measures the stacked step against one run
+    alone; the CLI's modes are the engine's."""
+    from reslab import cli
+    from reslab.engine import packed
+
+    assert cli.PACK_MODES == packed.MODES
+    results = tmp_path / "results"
+    args = [*table6_args, "--concurrent", "2", "--pack", "stacked"]
+    assert cli.main(args) == 0
+    for seed in (0, 1):
+        path = results / "table6" / f"resnet20-seed{seed}-sched1of12800" / "summary.json"
+        summary = json.loads(path.read_text())
+        assert (summary["seed"], summary["packing"]) == (seed, "stacked")
+    bench = ["bench", "train", "--models", "resnet8", "--steps", "2", "--concurrent", "1", "2",
+             "--pack", "stacked", "--data-dir", str(data_dir), "--out", str(tmp_path / "bench")]  # fmt: skip
+    assert cli.main(bench) == 0
+    record = json.loads(next((tmp_path / "bench").glob("*.json")).read_text())
+    modes = [(r["mode"], r["concurrent"]) for r in record["results"]]
+    assert modes == [("stacked", 1), ("stacked", 2)]
+    assert all(r["aggregate_images_per_s"] > 0 and r["alone_images_per_s"] > 0 for r in record["results"])  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is present")
+def test_stacked_runs_on_a_gpu_train_like_the_runs_alone(tiny_config, tmp_path):
+    """Two seeds stacked on a GPU (grouped cuDNN convolutions): each ends close to the run alone."""
+    from reslab.engine.packed import fit_packed
+
+    cfgs = [tiny_config(**{"train.seed": s, "train.device": "cuda"}) for s in (0, 1)]
+    jobs = [(cfg, tmp_path / "stacked" / f"run{i}") for i, cfg in enumerate(cfgs)]
+    assert [s["packing"] for s in fit_packed(jobs, 2, mode="stacked")] == ["stacked"] * 2
+    for i, cfg in enumerate(cfgs):
+        fit(cfg, tmp_path / "alone" / f"run{i}", progress=False)
+        alone, stacked = _weights(tmp_path / "alone" / f"run{i}"), _weights(jobs[i][1])
+        for k in alone:
+            torch.testing.assert_close(stacked[k].float(), alone[k].float(), rtol=1e-2, atol=1e-3)

@@ -197,3 +197,13 @@ def test_packed_seeds_go_into_the_ledger_with_table6(tmp_path, table6_args, caps
         f"| table6 | resnet20 | 1/12800 | 8.75 | {mean:.2f} ± "
         in (results / "README.md").read_text()
     )
+
+
+def test_auto_concurrency_packs_seeds_of_one_model_only():
+    """``--concurrent auto`` on the CPU packs two runs, but only seeds of one model (equal
+    lengths): fig6's plain-20 and plain-56 of one seed train one after the other."""
+    from reslab.experiments.reproduce import concurrency
+
+    assert concurrency("auto", "cpu", runs=2, seeds=1) == 1
+    assert concurrency("auto", "cpu", runs=10, seeds=5) == 2
+    assert concurrency("3", "cpu", runs=2, seeds=1) == 2

@@ -106,19 +106,22 @@ def plan(experiment: str, schedule: Fraction, seeds: int, only: list[str] | None
 
 
 # Packed runs (reslab.engine.packed). On the 2-core CPU two processes of one thread each train
-# 0.95-1.16x (mean 1.09x) the images/s of one two-thread process (ResNet-20/56, plain-56; records
-# results/bench/2026-11-25-cpu-train-concurrent*.json), so "auto" packs two runs there. On CUDA
-# the candidates have not been measured yet, so "auto" trains one run at a time there.
+# 1.10-1.23x the images/s of one two-thread process, stacking them into one grouped net 0.84-1.04x
+# (ResNet-20/56; records results/bench/2026-11-25-cpu-train-concurrent*.json), so "auto" packs
+# two runs there, as processes. On CUDA the candidates have not been measured yet, so "auto"
+# trains one run at a time there.
 AUTO_CONCURRENT = {"cpu": 2, "cuda": 1}
 
 
-def concurrency(concurrent: int | str, device: str | None, runs: int) -> int:
+def concurrency(concurrent: int | str, device: str | None, runs: int, seeds: int = 1) -> int:
     """How many runs train at once: ``concurrent`` (a number, or "auto": the measured choice for
-    the device), never more than there are runs."""
+    the device, and never more than the ``seeds`` of one model, so that only runs of one length
+    share the device: a packed run keeps its share of the threads after its partner ends), never
+    more than there are runs."""
     if str(concurrent) == "auto":
         from reslab.engine.runtime import resolve_device
 
-        return min(runs, AUTO_CONCURRENT[resolve_device(device or "auto").type])
+        return min(runs, seeds, AUTO_CONCURRENT[resolve_device(device or "auto").type])
     try:
         n = int(concurrent)
     except ValueError:
@@ -160,7 +163,7 @@ def reproduce(
         (run.config(data_dir, device, list(overrides)), Path(runs_dir) / experiment / run.name)
         for run in runs
     ]
-    n = concurrency(concurrent, device, len(runs))
+    n = concurrency(concurrent, device, len(runs), seeds)
     if n > 1:
         from reslab.engine.runtime import resolve_device
 

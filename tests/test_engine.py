@@ -274,3 +274,31 @@ def test_code_version_is_read_once_per_process(monkeypatch):
     first = runtime.code_version()
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("git was asked again"))
     assert runtime.code_version() == first and first
+
+
+def test_a_paused_stretch_is_left_out_of_the_clock(tiny_config, tmp_path, monkeypatch):
+    """A queued run paused for a benchmark (SIGSTOP ... SIGCONT) during step 3: the stretch since
+    the clock's last tick (step 3 alone: step 2 logged, step 3 checkpoints) is left out of the
+    training time and the throughput; the run is otherwise the same (its weights equal an unpaused
+    run's)."""
+    import time
+
+    real_step = trainer_module.train_step
+    calls = {"n": 0}
+
+    def paused_step(*args, **kwargs):
+        real_step(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            time.sleep(2.0)  # the pause
+            os.kill(os.getpid(), signal.SIGCONT)
+
+    monkeypatch.setattr(trainer_module, "train_step", paused_step)
+    summary = fit(tiny_config(), tmp_path / "paused", progress=False)
+    assert summary["train_time_s"] < 2.0 < summary["wall_time_s"]
+    final = load_checkpoint(tmp_path / "paused" / "checkpoints" / "final.pt")
+    assert final["state"]["untimed_iterations"] == 1
+    monkeypatch.undo()
+    fit(tiny_config(), tmp_path / "plain", progress=False)
+    plain = load_checkpoint(tmp_path / "plain" / "checkpoints" / "final.pt")
+    assert all(torch.equal(final["model"][k], plain["model"][k]) for k in plain["model"])

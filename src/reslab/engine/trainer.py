@@ -79,6 +79,7 @@ class TrainState:
     position: int = 0  # batches of the current epoch already used
     train_time_s: float = 0.0  # seconds spent in training steps (all sessions)
     wall_time_s: float = 0.0  # seconds of the whole run, evaluation included (all sessions)
+    untimed_iterations: int = 0  # steps of logging windows a pause fell into (not timed)
 
     def advance(self, batches_per_epoch: int) -> bool:
         """Count one step; True when it used up the epoch (the state then points at the next)."""
@@ -96,35 +97,50 @@ class Meter:
     ``window`` holds ``[loss sum, errors, images]`` on the training device (the steps add to it
     without a host synchronisation); :meth:`read` sums it over processes and empties it. The clock
     counts only training steps: evaluation and checkpointing happen between :meth:`tick` and
-    :meth:`resume`.
+    :meth:`resume`. A stretch between two ticks into which the process was paused (SIGSTOP, then
+    SIGCONT: a queued run paused for a benchmark) is left out of the clock and of the images the
+    throughput counts.
     """
 
     window: torch.Tensor
+    batch: int  # images per step in this process
     train_s: float = 0.0  # this session's seconds in training steps
     images: int = 0  # images this process trained on in this session
+    untimed: int = 0  # of them, images of stretches a pause fell into
     first_window: tuple[float, int] | None = None  # (seconds, images): compilation, autotuning
     last: dict[str, float] = field(default_factory=dict)  # the last window's loss and error
     _since: float = field(default_factory=time.perf_counter)
+    _images_since: int = 0
+    _continued: int = field(default_factory=lambda: _CONTINUED[0])
 
     def tick(self, state: TrainState) -> None:
         """Add the training time since the last tick (or resume) to the clocks."""
         if self.window.is_cuda:  # this run's stream (packed runs share the device)
             torch.cuda.current_stream(self.window.device).synchronize()
         now = time.perf_counter()
-        self.train_s += now - self._since
-        state.train_time_s += now - self._since
-        self._since = now
+        if self._continued != _CONTINUED[0]:  # paused meanwhile: these steps are not timed
+            self._continued = _CONTINUED[0]
+            self.untimed += self.images - self._images_since
+            state.untimed_iterations += (self.images - self._images_since) // self.batch
+        else:
+            self.train_s += now - self._since
+            state.train_time_s += now - self._since
+        self._since, self._images_since = now, self.images
+
+    def timed_images(self, world_size: int) -> int:
+        """Images of this session whose time the clock counts (all processes)."""
+        return world_size * (self.images - self.untimed)
 
     def resume(self) -> None:
         """Training starts again now (after an evaluation or a checkpoint)."""
-        self._since = time.perf_counter()
+        self._since, self._images_since = time.perf_counter(), self.images
 
     def read(self, info: distributed.DistInfo) -> tuple[float, float]:
         """(mean loss, error in percent) of the window over all processes; the window empties."""
         loss_sum, errors, n = distributed.all_reduce_sum(self.window, info).tolist()
         self.window.zero_()
         if self.first_window is None:
-            self.first_window = (self.train_s, info.world_size * self.images)
+            self.first_window = (self.train_s, self.timed_images(info.world_size))
         self.last = {"train_loss": loss_sum / n, "train_error": 100 * errors / n}
         return self.last["train_loss"], self.last["train_error"]
 
@@ -133,7 +149,7 @@ class Meter:
         if self.first_window is None or self.train_s <= self.first_window[0]:
             return {}
         first_s, first_images = self.first_window
-        images = world_size * self.images - first_images
+        images = self.timed_images(world_size) - first_images
         return {
             "session_first_window_s": round(first_s, 2),
             "session_steady_images_per_s": round(images / (self.train_s - first_s), 1),
@@ -323,10 +339,12 @@ def make_step(cfg, core, optimizer, loader, window, info, device, stack=None):
 
 _INIT_LOCK = threading.Lock()
 _STOP = threading.Event()  # SIGINT/SIGTERM arrived: every training loop of the process stops
+_CONTINUED = [0]  # SIGCONTs received: the process was paused (its clocks leave that stretch out)
 
 
 class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step.
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step, and counts SIGCONTs
+    (a pause that the run's clocks leave out, see :class:`Meter`).
 
     The handlers are installed by the outermost ``StopRequest`` of the main thread, which clears
     the flag on entry; others (nested, or in the threads of packed runs) read the same flag."""
@@ -346,12 +364,18 @@ class StopRequest:
                 _STOP.clear()
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     self._previous[sig] = signal.signal(sig, self._handle)
+                if hasattr(signal, "SIGCONT"):
+                    self._previous[signal.SIGCONT] = signal.signal(signal.SIGCONT, self._continued)
             StopRequest._depth += 1
         return self
 
     @staticmethod
     def _handle(signum, frame) -> None:
         _STOP.set()
+
+    @staticmethod
+    def _continued(signum, frame) -> None:
+        _CONTINUED[0] += 1
 
     def __exit__(self, *exc) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -423,7 +447,8 @@ def _train(
         core.parameters(), cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay
     )
     schedule = build_schedule(cfg.optim)
-    meter = Meter(torch.zeros(3, device=device, dtype=torch.float64))
+    per_process = t.batch_size // info.world_size
+    meter = Meter(torch.zeros(3, device=device, dtype=torch.float64), per_process)
     state = TrainState()
     if resumed is not None:
         ckpt, _ = resumed
@@ -448,7 +473,6 @@ def _train(
         disable=not (progress and info.is_main), dynamic_ncols=True, mininterval=1.0,
     )  # fmt: skip
     session_start, wall_base = time.perf_counter(), state.wall_time_s
-    per_process = t.batch_size // info.world_size
     try:
         core.train()
         step.start_epoch(state.epoch, state.position)
@@ -523,7 +547,7 @@ class _Run:
         warm-up when the training error falls below its threshold."""
         state, lr = self.state, self.optimizer.param_groups[0]["lr"]
         loss, err = self.meter.read(self.info)
-        images = self.info.world_size * self.meter.images
+        images = self.meter.timed_images(self.info.world_size)
         self.logger.log(
             iteration=state.iteration, epoch=state.epoch, lr=lr, train_loss=loss, train_error=err,
             images_per_s=images / self.meter.train_s if self.meter.train_s > 0 else float("nan"),
@@ -686,7 +710,9 @@ def _summary(cfg, state, meter, result, info, device, step_kind, schedule, versi
         "test_loss": result["loss"],
         "wall_time_s": round(state.wall_time_s, 2),
         "train_time_s": round(state.train_time_s, 2),
-        "images_per_s": state.iteration * t.batch_size / state.train_time_s
+        "images_per_s": (state.iteration - state.untimed_iterations)
+        * t.batch_size
+        / state.train_time_s
         if state.train_time_s
         else None,
         "peak_memory_mb": round(_peak_memory_mb(device), 1),

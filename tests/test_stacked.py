@@ -168,3 +168,12 @@ def test_stacked_runs_on_a_gpu_train_like_the_runs_alone(tiny_config, tmp_path):
         alone, stacked = _weights(tmp_path / "alone" / f"run{i}"), _weights(jobs[i][1])
         for k in alone:
             torch.testing.assert_close(stacked[k].float(), alone[k].float(), rtol=1e-2, atol=1e-3)
+
+
+def test_layers_without_a_stacked_form_are_refused():
+    nets = [torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GELU()) for _ in range(2)]
+    with pytest.raises(ConfigError, match=r"cannot stack layer '1' \(GELU\).*--pack processes"):
+        StackedNets(nets)
+    nets = [torch.nn.Sequential(torch.nn.BatchNorm2d(3, momentum=None)) for _ in range(2)]
+    with pytest.raises(ConfigError, match=r"cannot stack layer '0' \(BatchNorm2d\)"):
+        StackedNets(nets)

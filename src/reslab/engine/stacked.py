@@ -152,6 +152,17 @@ _STACKED = {
 }
 
 
+def _stackable(layer: nn.Module) -> bool:
+    """Whether a layer of a type with a stacked form has none of the settings it leaves out."""
+    if isinstance(layer, nn.Conv2d):
+        return layer.padding_mode == "zeros"
+    if isinstance(layer, nn.BatchNorm2d):  # exponential running statistics, as the models have
+        return layer.track_running_stats and layer.momentum is not None
+    if isinstance(layer, nn.Linear):
+        return layer.bias is not None
+    return True
+
+
 class StackedNets(nn.Module):
     """The N nets computed at once: input ``[B, N*C, H, W]`` (net i's images in the i-th block
     of channels), output ``[B, N*K]`` (net i's logits in the i-th block).
@@ -174,7 +185,7 @@ class StackedNets(nn.Module):
             if isinstance(layer, _CHANNELWISE) and type(layer) not in _STACKED:
                 continue
             kind = _STACKED.get(type(layer))
-            if kind is None or (type(layer) is nn.Conv2d and layer.padding_mode != "zeros"):
+            if kind is None or not _stackable(layer):
                 raise ConfigError(
                     f"cannot stack layer {name!r} ({type(layer).__name__}); train these runs "
                     "with --pack processes or streams"

@@ -243,11 +243,14 @@ def test_visualize_draws_the_boxes(tmp_path):
 
 def test_interrupted_detection_run_resumes_to_the_same_weights(data_dir, tmp_path, monkeypatch):
     """SIGINT during step 3 saves a checkpoint; the same command finishes with the weights of an
-    uninterrupted run (data order, flips and the samplers' random state are restored)."""
+    uninterrupted run (data order, flips and the samplers' random state are restored). The run
+    directory follows the engine's rules."""
     import signal
 
     from reslab.detection import train as det
     from reslab.engine.checkpoint import load_checkpoint
+    from reslab.engine.rundir import RunLock
+    from reslab.errors import RunError
 
     cfg = det.load_det_config(
         "detection/coco128_fpn_resnet50",
@@ -257,6 +260,14 @@ def test_interrupted_detection_run_resumes_to_the_same_weights(data_dir, tmp_pat
     )  # fmt: skip
     straight = det.fit_detector(cfg, tmp_path / "straight", progress=False)
     assert straight["status"] == "finished"
+    # the engine's run-directory rules: a finished run returns its summary, another config is
+    # refused with the key named, a second process is refused
+    assert det.fit_detector(cfg, tmp_path / "straight", progress=False) == straight
+    other = det.load_det_config("detection/coco128_fpn_resnet50", [f"data.data_dir={data_dir}"])
+    with pytest.raises(RunError, match=r"train.iterations: .* -> .*--restart"):
+        det.fit_detector(other, tmp_path / "straight", progress=False)
+    with RunLock(tmp_path / "straight"), pytest.raises(RunError, match="in use"):
+        det.fit_detector(cfg, tmp_path / "straight", progress=False)
 
     real, calls = det.collate, {"n": 0}
 

@@ -24,7 +24,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     cfg = det.load_det_config(args.config, overrides)
     out = args.out or f"runs/{cfg.name}"
     print(f"run directory: {out}", flush=True)
-    summary = det.fit_detector(cfg, out, progress=not args.no_progress)
+    summary = det.fit_detector(cfg, out, restart=args.restart, progress=not args.no_progress)
     print(det.describe(summary))
     return 0 if summary["status"] == "finished" else 130
 
@@ -34,7 +34,7 @@ def add_detect(command, count) -> None:
     argparse type of counts >= 0)."""
     p = command("detect", cmd_detect, "Faster R-CNN over reslab ResNets: train, evaluate, draw")
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
-    t = command("train", cmd_detect, "train a detection config (resumable)", data=True, sets="config override", progress=True, sub=verbs)  # fmt: skip
+    t = command("train", cmd_detect, "train a detection config (resumable)", data=True, sets="config override", restart=True, progress=True, sub=verbs)  # fmt: skip
     t.add_argument("config", help="config name (e.g. detection/coco128_fpn_resnet50) or YAML path")
     t.add_argument("--out", help="run directory (default runs/<config name>)")
     e = command("eval", cmd_detect, "COCO mAP (and VOC07 mAP for VOC data) of trained weights", sub=verbs)  # fmt: skip

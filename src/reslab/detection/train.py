@@ -6,7 +6,9 @@
 A run directory holds ``config.yaml``, ``metrics.jsonl`` (losses every ``log_every`` iterations and
 mAP every ``eval_every``), ``checkpoints/`` (atomic; the same command resumes from the newest),
 ``summary.json``, ``model.safetensors`` (detector weights with the config in the metadata) and
-``map.png`` (the mAP@.5 curve).
+``map.png`` (the mAP@.5 curve). The run directory follows the engine's rules
+(:mod:`reslab.engine.rundir`): one process at a time, another config refused with the keys named,
+``--restart`` to start over, a finished run returns its summary.
 """
 
 from __future__ import annotations
@@ -39,13 +41,14 @@ from reslab.detection.data import CocoDetection, VOCDetection, collate, training
 from reslab.detection.evaluate import coco_map, voc07_map
 from reslab.engine.checkpoint import (
     atomic_save,
-    list_checkpoints,
-    load_checkpoint,
+    atomic_write,
     prune_checkpoints,
+    remove_temporaries,
     rng_state,
     set_rng_state,
 )
-from reslab.engine.logging import JsonlLogger, read_jsonl
+from reslab.engine.logging import JsonlLogger, json_bytes, read_jsonl
+from reslab.engine.rundir import RunLock, finished_summary, resume_point, start_over
 from reslab.engine.runtime import code_version, describe_device, resolve_device
 from reslab.engine.trainer import StopRequest
 from reslab.engine.weights import find_weights
@@ -175,11 +178,28 @@ def score(dataset: CocoDetection, predictions: dict, fmt: str) -> dict[str, floa
     return result
 
 
-def fit_detector(cfg: DetConfig, run_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Train ``cfg`` in ``run_dir`` (resuming from its newest checkpoint); returns the summary."""
+def fit_detector(
+    cfg: DetConfig, run_dir: str | Path, *, restart: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train ``cfg`` in ``run_dir`` (resuming from its newest checkpoint; ``restart`` deletes its
+    outputs first); returns the summary (a finished run's at once)."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    with RunLock(run_dir):
+        if restart:
+            start_over(run_dir)
+        summary = finished_summary(cfg, run_dir)
+        if summary is not None:
+            return summary
+        resumed = resume_point(cfg, run_dir)
+        for folder in (run_dir, run_dir / "checkpoints"):
+            remove_temporaries(folder)  # left by a process killed while writing
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return _train_detector(cfg, run_dir, resumed, progress)
+
+
+def _train_detector(
+    cfg: DetConfig, run_dir: Path, resumed: tuple[dict[str, Any], Path] | None, progress: bool
+) -> dict[str, Any]:
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     train_set, val_set = build_datasets(cfg)
@@ -192,15 +212,14 @@ def fit_detector(cfg: DetConfig, run_dir: str | Path, *, progress: bool = True) 
     opt = torch.optim.SGD(params, lr=lr_at(cfg, 0), momentum=cfg.optim.momentum,
                           weight_decay=cfg.optim.weight_decay)  # fmt: skip
     t, it, epoch, position = cfg.train, 0, 0, 0
-    ckpts = list_checkpoints(run_dir / "checkpoints")
-    if ckpts:
-        ckpt = load_checkpoint(ckpts[-1])
+    if resumed is not None:
+        ckpt, _ = resumed
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         it, epoch, position = (ckpt["state"][k] for k in ("iteration", "epoch", "position"))
         set_rng_state(ckpt["rng"])  # the RPN/RoI samplers draw from the global generator
     logger = JsonlLogger(run_dir / "metrics.jsonl")
-    logger.truncate_after(it if ckpts else -1)
+    logger.truncate_after(it if resumed else -1)
 
     def save(name: str) -> None:
         payload = {"model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -283,7 +302,7 @@ def fit_detector(cfg: DetConfig, run_dir: str | Path, *, progress: bool = True) 
         "torch_version": torch.__version__, "started": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }  # fmt: skip
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(run_dir / "summary.json", json_bytes(summary))
     logger.close()
     return summary
 

@@ -3,7 +3,8 @@
     uv run reslab train cifar10/resnet20 --out runs/r20             # starts, or resumes runs/r20
     uv run reslab train cifar10/resnet20 --out runs/r20 --restart   # deletes its outputs first
 
-A run directory belongs to one config: the same command resumes it (from the newest readable
+A run directory (of ``reslab train`` or ``reslab detect train``) belongs to one config: the same
+command resumes it (from the newest readable
 checkpoint), and a command with another config is refused with the differing keys named. While a
 process trains in it, it holds ``<run>/.lock`` (an ``flock``, which the kernel drops when the
 process ends, however it ends, so a crash never leaves it stuck), and a second process is
@@ -21,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from reslab.config import Config, config_diff, config_from_dict
+from reslab.config import RunConfig, build_dataclass, config_diff
 from reslab.engine.checkpoint import latest_checkpoint, load_checkpoint
 from reslab.errors import RunError
 
@@ -34,6 +35,7 @@ OUTPUTS = (
     "model.safetensors",
     "config.yaml",
     "pixel_mean.safetensors",
+    "map.png",
 )
 
 
@@ -92,9 +94,10 @@ def start_over(run_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def check_same_config(saved: dict[str, Any], cfg: Config, run_dir: Path) -> None:
-    """Refuse to continue a run of ``saved`` config with ``cfg``, naming the keys that differ."""
-    diff = config_diff(config_from_dict(saved), cfg)
+def check_same_config(saved: dict[str, Any], cfg: RunConfig, run_dir: Path) -> None:
+    """Refuse to continue a run of ``saved`` config with ``cfg`` (a classification or a detection
+    config), naming the keys that differ."""
+    diff = config_diff(build_dataclass(type(cfg), saved), cfg)
     if diff:
         raise RunError(
             f"{run_dir} holds a run of a different config ({'; '.join(diff)}); run it with its own "
@@ -102,7 +105,7 @@ def check_same_config(saved: dict[str, Any], cfg: Config, run_dir: Path) -> None
         )
 
 
-def resume_point(cfg: Config, run_dir: Path) -> tuple[dict[str, Any], Path] | None:
+def resume_point(cfg: RunConfig, run_dir: Path) -> tuple[dict[str, Any], Path] | None:
     """The checkpoint a run of ``cfg`` resumes from (and its path), None for a fresh start."""
     found = latest_checkpoint(run_dir / "checkpoints")
     if found is not None:
@@ -110,7 +113,7 @@ def resume_point(cfg: Config, run_dir: Path) -> tuple[dict[str, Any], Path] | No
     return found
 
 
-def finished_summary(cfg: Config, run_dir: Path) -> dict[str, Any] | None:
+def finished_summary(cfg: RunConfig, run_dir: Path) -> dict[str, Any] | None:
     """The summary of a finished run of ``cfg`` in ``run_dir``, or None when it has not finished."""
     summary_path, final = run_dir / "summary.json", run_dir / "checkpoints" / "final.pt"
     if not (summary_path.is_file() and final.is_file()):

@@ -207,3 +207,26 @@ def test_auto_concurrency_packs_seeds_of_one_model_only():
     assert concurrency("auto", "cpu", runs=2, seeds=1) == 1
     assert concurrency("auto", "cpu", runs=10, seeds=5) == 2
     assert concurrency("3", "cpu", runs=2, seeds=1) == 2
+
+
+def test_dry_run_lists_the_queue_and_projects_its_time(tmp_path, capsys):
+    """``reslab reproduce table6 --dry-run --throughput RECORD``: each run's ledger entries and
+    projected time at the record's speeds (a model it lacks scaled by multiply-adds); a file that
+    is no bench record is one line."""
+    results = tmp_path / "results"
+    (results / "table6" / "resnet20-seed0-gpu").mkdir(parents=True)
+    (results / "table6" / "resnet20-seed0-gpu" / "summary.json").write_text("{}")
+    record = tmp_path / "speeds.json"
+    record.write_text(json.dumps({"results": [{"model": "resnet20", "images_per_s": 1000.0}]}))
+    args = ["reproduce", "table6", "--only", "resnet20", "resnet56", "--dry-run",
+            "--results", str(results), "--runs-dir", str(tmp_path / "runs")]  # fmt: skip
+    assert main([*args, "--throughput", str(record)]) == 0
+    out = capsys.readouterr().out
+    assert "table6/resnet20-seed0" in out and " GPU " in out
+    assert "136.5 min  (measured)" in out  # 64000 x 128 images at 1000 images/s
+    r56 = next(line for line in out.splitlines() if "resnet56" in line)
+    assert "(scaled from resnet20)" in r56 and float(r56.split()[5]) > 2.5 * 136.5
+    assert f"runs not in the ledger: {float(r56.split()[5]):.1f} min" in out
+    (tmp_path / "bad.json").write_text("[]")
+    assert main([*args, "--throughput", str(tmp_path / "bad.json")]) == 2
+    assert "not a `reslab bench train` record" in capsys.readouterr().err

@@ -134,6 +134,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from reslab.experiments.reproduce import parse_schedule, reproduce_and_report
 
+    if args.dry_run:
+        from reslab.experiments.reproduce import format_status, queue_status
+
+        rows = queue_status(
+            args.experiment, parse_schedule(args.schedule), args.seeds, args.only,
+            runs_dir=args.runs_dir, results_dir=args.results, throughput=args.throughput,
+        )  # fmt: skip
+        print(format_status(rows, args.throughput))
+        return 0
+
     summaries, written = reproduce_and_report(
         args.experiment, parse_schedule(args.schedule), seeds=args.seeds, only=args.only,
         data_dir=args.data_dir, device=args.device, runs_dir=args.runs_dir,
@@ -235,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", help="only these models of the experiment")
     p.add_argument("--runs-dir", default="runs/reproduce", help="where checkpoints live")
     p.add_argument("--results", default="results", help="the ledger")
+    p.add_argument("--dry-run", action="store_true", help="train nothing: list the runs, their checkpoints and ledger entries")  # fmt: skip
+    p.add_argument("--throughput", help="with --dry-run: a `reslab bench train` record whose images/s project the remaining time")  # fmt: skip
     p = command("report", cmd_report, "rebuild results/README.md (and the weights index) from the ledger", data=True)  # fmt: skip
     p.add_argument("--results", default="results", help="the ledger")
     p.add_argument("--verify", action="store_true", help="re-evaluate the runs' weights not checked yet (for the index)")  # fmt: skip

@@ -183,6 +183,93 @@ def reproduce(
     return summaries
 
 
+def queue_status(
+    experiment: str,
+    schedule: Fraction = Fraction(1),
+    seeds: int = 1,
+    only: list[str] | None = None,
+    *,
+    runs_dir: str | Path = "runs/reproduce",
+    results_dir: str | Path = "results",
+    throughput: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """``reslab reproduce ... --dry-run``: each run of the command, where it stands (in the ledger
+    on a CPU and/or a GPU, its checkpoint's iteration under ``runs_dir``) and, given a
+    ``throughput`` record of ``reslab bench train`` (its images/s per model; a model it lacks is
+    scaled from the measured one nearest in multiply-adds), the time its remaining iterations
+    project to on that record's device. Nothing trains."""
+    from reslab.engine.checkpoint import latest_checkpoint
+
+    speeds = _measured_speeds(throughput) if throughput else {}
+    rows = []
+    for run in plan(experiment, schedule, seeds, only):
+        cfg = run.config(None, None)
+        entry = Path(results_dir) / experiment / run.name
+        ledger = [tag for tag, suffix in (("CPU", ""), ("GPU", "-gpu")) if (entry.parent / f"{entry.name}{suffix}" / "summary.json").is_file()]  # fmt: skip
+        found = latest_checkpoint(Path(runs_dir) / experiment / run.name / "checkpoints")
+        done = found[0]["state"]["iteration"] if found else 0
+        row = {"run": f"{experiment}/{run.name}", "iterations": cfg.train.iterations,
+               "checkpoint": done, "ledger": "+".join(ledger) or "-"}  # fmt: skip
+        if speeds:
+            images_per_s, how = _speed_of(cfg.model.name, cfg.model.options, speeds)
+            remaining = cfg.train.iterations - done
+            row.update(images_per_s=round(images_per_s), speed=how,
+                       projected_s=remaining * cfg.train.batch_size / images_per_s)  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+def format_status(rows: list[dict[str, Any]], throughput: str | Path | None = None) -> str:
+    """:func:`queue_status` as a table, with the projected total when there is one."""
+    lines = [f"{'run':<34} {'iterations':>10} {'checkpoint':>10} {'ledger':>7}"
+             + ("  images/s  projected  (speed)" if throughput else "")]  # fmt: skip
+    for r in rows:
+        line = f"{r['run']:<34} {r['iterations']:>10} {r['checkpoint']:>10} {r['ledger']:>7}"
+        if "projected_s" in r:
+            line += f"  {r['images_per_s']:>8} {r['projected_s'] / 60:>8.1f} min  ({r['speed']})"
+        lines.append(line)
+    if throughput:
+        total = sum(r["projected_s"] for r in rows if r["ledger"] == "-") / 60
+        lines.append(f"runs not in the ledger: {total:.1f} min one after another at the speeds of "
+                     f"{throughput}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _measured_speeds(path: str | Path) -> dict[str, float]:
+    """Training images/s per model of a ``reslab bench train`` record."""
+    import json
+
+    try:
+        record = json.loads(Path(path).read_text())
+        return {r["model"]: float(r["images_per_s"]) for r in record["results"]}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"--throughput {path}: not a `reslab bench train` record ({err}); give one of "
+            "results/bench/*-train*.json"
+        ) from None
+
+
+def _speed_of(model: str, options: dict[str, Any], speeds: dict[str, float]) -> tuple[float, str]:
+    """(images/s, "measured" or "scaled from <model>") of ``model``."""
+    if model in speeds and not options:
+        return speeds[model], "measured"
+    macs = _macs(model, tuple(sorted(options.items())))
+    nearest = min(speeds, key=lambda m: abs(_macs(m, ()) - macs))
+    return speeds[nearest] * _macs(nearest, ()) / macs, f"scaled from {nearest}"
+
+
+_MACS: dict[tuple, int] = {}
+
+
+def _macs(model: str, options: tuple) -> int:
+    if (model, options) not in _MACS:
+        from reslab.models import create_model
+        from reslab.models.complexity import complexity
+
+        _MACS[model, options] = complexity(create_model(model, **dict(options))).macs
+    return _MACS[model, options]
+
+
 def reproduce_and_report(
     experiment: str, schedule: Fraction, *, argv: list[str] | None = None, **kwargs: Any
 ) -> tuple[list[dict[str, Any]], list[Path]]:

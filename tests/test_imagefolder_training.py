@@ -34,37 +34,14 @@ def test_imagefolder_run_eval_and_predict(data_dir, tmp_path, capsys):
     final = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r.get("test_views")]
     assert final and final[-1]["test_error"] == summary["test_error"]
 
-    assert (
-        main(
-            [
-                "eval",
-                str(tmp_path / "run"),
-                "--data-dir",
-                str(data_dir),
-                "--tencrop",
-                "--limit",
-                "10",
-            ]
-        )
-        == 0
-    )
-    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    def evaluate(*flags: str) -> dict:
+        run_eval = ["eval", str(tmp_path / "run"), "--data-dir", str(data_dir), *flags]
+        assert main(run_eval) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    evaluated = evaluate("--tencrop", "--limit", "10")
     assert evaluated["images"] == 10 and abs(evaluated["test_error"] - summary["test_error"]) < 0.05
-    assert (
-        main(
-            [
-                "eval",
-                str(tmp_path / "run"),
-                "--data-dir",
-                str(data_dir),
-                "--multiscale",
-                "--limit",
-                "3",
-            ]
-        )
-        == 0
-    )
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["images"] == 3
+    assert evaluate("--multiscale", "--limit", "3")["images"] == 3
 
     folder = data_dir / "imagenette" / "val" / "n03888257"
     assert (

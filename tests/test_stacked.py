@@ -177,3 +177,11 @@ def test_layers_without_a_stacked_form_are_refused():
     nets = [torch.nn.Sequential(torch.nn.BatchNorm2d(3, momentum=None)) for _ in range(2)]
     with pytest.raises(ConfigError, match=r"cannot stack layer '0' \(BatchNorm2d\)"):
         StackedNets(nets)
+
+
+def test_stacked_runs_refuse_compiled_or_graphed_steps(tiny_config, tmp_path):
+    from reslab.engine.packed import fit_packed
+
+    jobs = [(tiny_config(**{"train.seed": s, "train.compile": "true"}), tmp_path / f"r{s}") for s in (0, 1)]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"train eagerly; set train\.compile and train\.cuda_graph"):
+        fit_packed(jobs, 2, mode="stacked")

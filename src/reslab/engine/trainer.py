@@ -311,6 +311,11 @@ def make_step(cfg, core, optimizer, loader, window, info, device, stack=None):
 
         if info.enabled:
             raise ConfigError("stacked runs train in one process; not under torchrun")
+        if cfg.train.compile is True or cfg.train.cuda_graph is True:
+            raise ConfigError(
+                "stacked runs (--pack stacked) train eagerly; set train.compile and "
+                "train.cuda_graph to auto, or pack these runs as streams or processes"
+            )
         step = StackedStep(stack, core, optimizer, loader, window, cfg.train.precision)
         return step, {"compile": "off", "cuda_graph": "off", "packing": "stacked"}
     if use_cuda_graph(cfg, info, device):

@@ -183,5 +183,7 @@ def test_stacked_runs_refuse_compiled_or_graphed_steps(tiny_config, tmp_path):
     from reslab.engine.packed import fit_packed
 
     jobs = [(tiny_config(**{"train.seed": s, "train.compile": "true"}), tmp_path / f"r{s}") for s in (0, 1)]  # fmt: skip
-    with pytest.raises(ConfigError, match=r"train eagerly; set train\.compile and train\.cuda_graph"):
+    with pytest.raises(
+        ConfigError, match=r"train eagerly; set train\.compile and train\.cuda_graph"
+    ):
         fit_packed(jobs, 2, mode="stacked")

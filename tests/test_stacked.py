@@ -187,3 +187,16 @@ def test_stacked_runs_refuse_compiled_or_graphed_steps(tiny_config, tmp_path):
         ConfigError, match=r"train eagerly; set train\.compile and train\.cuda_graph"
     ):
         fit_packed(jobs, 2, mode="stacked")
+
+
+def test_on_a_cpu_stacks_of_another_architecture_wait(tiny_config, tmp_path):
+    """Two stacks at once would be two OpenMP teams on the same cores: on a CPU a run of another
+    stack key starts only when the running stack has ended (seeds of one model stack at once)."""
+    from reslab.engine.packed import _Threads
+
+    r8 = [(tiny_config(**{"train.seed": s, "train.device": "cpu"}), tmp_path / f"r{s}") for s in (0, 1)]  # fmt: skip
+    plain = (tiny_config(**{"model.name": "plain8", "train.device": "cpu"}), tmp_path / "p")
+    stacked, streams = _Threads(stacked=True), _Threads(stacked=False)
+    assert stacked.can_start(r8[1], [r8[0]]) and stacked.can_start(plain, [])
+    assert not stacked.can_start(plain, [r8[0]])
+    assert streams.can_start(plain, [r8[0]])

@@ -15,7 +15,8 @@ what. Two ways:
 - ``"stacked"``: one thread per run in this process; runs of one architecture (and batch size,
   precision, layout) train as one N-times wider net, grouped convolutions with per-net BN, heads
   and SGD steps (:mod:`reslab.engine.stacked`). Each run's result is the same arithmetic as alone
-  in exact arithmetic; in floating point it may differ in the last bits (other kernels).
+  in exact arithmetic; in floating point it may differ in the last bits (other kernels). On a CPU
+  one stack trains at a time (runs of another architecture wait for it).
 
 At most ``concurrent`` runs train at once; the next starts when one ends. SIGINT/SIGTERM stop them
 all (each checkpoints, and the same command resumes them). A run's error stops the others and is
@@ -99,6 +100,10 @@ class _Pack:
     def wait(self) -> None:
         raise NotImplementedError
 
+    def can_start(self, job: Job, running: list[Job]) -> bool:
+        """Whether ``job`` may start beside the ``running`` ones (a free slot given)."""
+        return True
+
     def run(self, jobs: list[Job], concurrent: int, restart: bool) -> list[dict[str, Any]]:
         from reslab.engine.trainer import StopRequest
 
@@ -107,7 +112,12 @@ class _Pack:
         try:
             with StopRequest() as stop:
                 while pending or running:
-                    while pending and len(running) < concurrent and not (stop.requested or error):
+                    while (
+                        pending
+                        and len(running) < concurrent
+                        and self.can_start(jobs[pending[0]], [jobs[i] for i in running])
+                        and not (stop.requested or error)
+                    ):
                         index = pending.pop(0)
                         self.start(jobs[index], index, restart)
                         running.add(index)
@@ -171,6 +181,18 @@ class _Threads(_Pack):
         worker = threading.Thread(target=_fit_one, args=args)
         worker.start()
         self.workers.append(worker)
+
+    def can_start(self, job: Job, running: list[Job]) -> bool:
+        """On a CPU, stacked runs of one key at a time: each stack is an OpenMP team of every
+        thread, and two at once oversubscribe the cores (the next key waits for this one)."""
+        if not self.stacked or not running:
+            return True
+        from reslab.engine.runtime import resolve_device
+        from reslab.engine.stacked import stack_key
+
+        if resolve_device(job[0].train.device).type != "cpu":
+            return True
+        return all(stack_key(cfg) == stack_key(job[0]) for cfg, _ in running)
 
     def stop_all(self) -> None:
         from reslab.engine.trainer import _STOP

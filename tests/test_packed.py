@@ -82,3 +82,23 @@ def test_packed_streams_on_a_gpu_train_like_the_runs_alone(tiny_config, tmp_path
         alone, packed = _weights(tmp_path / "alone" / f"run{i}"), _weights(jobs[i][1])
         for k in alone:
             torch.testing.assert_close(packed[k].float(), alone[k].float(), rtol=1e-2, atol=1e-3)
+
+
+def test_progress_bars_follow_the_runs_metrics_logs(tiny_config, tmp_path, capsys):
+    """Packed runs train elsewhere (processes, threads): a bar per run reads the newest iteration
+    of its metrics log, skipping a line still being written."""
+    from reslab.engine.packed import _Bars, _last_iteration
+
+    log = tmp_path / "run" / "metrics.jsonl"
+    assert _last_iteration(log) is None
+    log.parent.mkdir()
+    log.write_text(
+        '{"iteration": 2, "train_loss": 1.0}\n{"event": "resume", "iteration": 4}\n{"itera'
+    )
+    assert _last_iteration(log) == 4
+    bars = _Bars(enabled=True)
+    bars.open(0, (tiny_config(), tmp_path / "run"))
+    bars.update(every_s=0)
+    assert bars.bars[0][0].n == 4
+    bars.close_all()
+    assert "4/9" in capsys.readouterr().err

@@ -26,11 +26,13 @@ raised once they have checkpointed.
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing as mp
 import os
 import queue
 import signal
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -51,15 +53,17 @@ def fit_packed(
     mode: str = "processes",
     threads: int | None = None,
     restart: bool = False,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Train every ``(config, run_dir)`` of ``jobs``, ``concurrent`` at a time; returns their
-    summaries in order (``{"status": "not started"}`` for runs a stop left untouched)."""
+    summaries in order (``{"status": "not started"}`` for runs a stop left untouched). With
+    ``progress``, a bar per running run follows its metrics log."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}; valid: {', '.join(MODES)}")
     if threads is None:
         threads = max(1, torch.get_num_threads() // max(1, concurrent))
     pack = _Processes(threads) if mode == "processes" else _Threads(stacked=mode == "stacked")
-    return pack.run(jobs, max(1, concurrent), restart)
+    return pack.run(jobs, max(1, concurrent), restart, _Bars(progress))
 
 
 def _fit_one(
@@ -104,7 +108,9 @@ class _Pack:
         """Whether ``job`` may start beside the ``running`` ones (a free slot given)."""
         return True
 
-    def run(self, jobs: list[Job], concurrent: int, restart: bool) -> list[dict[str, Any]]:
+    def run(
+        self, jobs: list[Job], concurrent: int, restart: bool, bars: _Bars
+    ) -> list[dict[str, Any]]:
         from reslab.engine.trainer import StopRequest
 
         summaries: list[dict[str, Any]] = [{"status": "not started"} for _ in jobs]
@@ -121,25 +127,83 @@ class _Pack:
                         index = pending.pop(0)
                         self.start(jobs[index], index, restart)
                         running.add(index)
+                        bars.open(index, jobs[index])
                     if (stop.requested or error) and not stopping:
                         stopping = True
                         self.stop_all()  # each running fit checkpoints and returns
                     if not running:
                         break
+                    bars.update()
                     try:
                         index, kind, value = self.results.get(timeout=0.5)
                     except queue.Empty:
                         continue
                     running.discard(index)
+                    bars.close(index)
                     if kind == "error":
                         error = error or value
                     else:
                         summaries[index] = value
         finally:
             self.wait()
+            bars.close_all()
         if error is not None:
             raise error
         return summaries
+
+
+class _Bars:
+    """A progress bar per running run, following the newest iteration in its ``metrics.jsonl``
+    (written every ``train.log_every`` steps by whichever process or thread trains it)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.bars, self._last = enabled, {}, 0.0
+
+    def open(self, index: int, job: Job) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            cfg, run_dir = job
+            taken = {bar.pos for bar, _ in self.bars.values()}
+            row = next(r for r in range(len(taken) + 1) if r not in taken)
+            bar = tqdm(total=cfg.train.iterations, desc=cfg.name or run_dir.name, unit="it",
+                       position=row, dynamic_ncols=True)  # fmt: skip
+            self.bars[index] = (bar, run_dir / "metrics.jsonl")
+
+    def update(self, every_s: float = 2.0) -> None:
+        if not self.bars or time.monotonic() - self._last < every_s:
+            return
+        self._last = time.monotonic()
+        for bar, log in self.bars.values():
+            iteration = _last_iteration(log)
+            if iteration is not None and iteration != bar.n:
+                bar.update(iteration - bar.n)
+
+    def close(self, index: int) -> None:
+        if index in self.bars:
+            bar, log = self.bars.pop(index)
+            bar.update((_last_iteration(log) or bar.n) - bar.n)
+            bar.close()
+
+    def close_all(self) -> None:
+        for index in list(self.bars):
+            self.close(index)
+
+
+def _last_iteration(log: Path) -> int | None:
+    """The iteration of the newest complete line of a metrics log (None before the first)."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["iteration"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 class _Processes(_Pack):

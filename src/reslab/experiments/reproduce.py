@@ -170,7 +170,7 @@ def reproduce(
         if pack == "auto":
             cuda = resolve_device(jobs[0][0].train.device).type == "cuda"
             pack = "streams" if cuda else "processes"
-        summaries = fit_packed(jobs, n, mode=pack, restart=restart)
+        summaries = fit_packed(jobs, n, mode=pack, restart=restart, progress=progress)
     else:
         summaries = []
         for cfg, run_dir in jobs:

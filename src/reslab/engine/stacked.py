@@ -13,9 +13,11 @@ its kernels; N nets stacked side by side run the same number of kernels, each N 
   (ResNet-110's warm-up, which raises it once that net's training error falls below 80%, stays
   per net).
 
-The nets keep their own parameters and buffers: a stacked layer concatenates its nets' weights at
-every step (autograd splits the gradients back), and the BN running statistics are written back.
-Each run is still an ordinary :func:`~reslab.engine.trainer.fit` in its own thread, with its own
+The nets keep their own parameters and buffers, as views: while the group trains, each stacked
+layer holds one tensor per weight (and BN statistic) and the nets' own tensors are slices of it,
+so the stacked forward copies nothing, each run's optimizer updates its slices in place, and the
+gradients of the stacked tensors are handed to the nets as slices too; when the group changes,
+every net gets storage of its own back (checkpoints copy the slices). Each run is still an ordinary :func:`~reslab.engine.trainer.fit` in its own thread, with its own
 seed, data order, checkpoints and summary; only its training step is a :class:`StackedStep`, which
 hands the batch to the :class:`StackGroup` and waits until every run of the group has handed in
 its own, when one of them runs the stacked step for all. The step body is the N-way form of

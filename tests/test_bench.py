@@ -30,3 +30,18 @@ def test_bench_data_writes_json(data_dir, tmp_path, capsys):
     assert names == ["cifar_augmentation", "jpeg_train_scale_aug", "jpeg_eval_center_crop"]
     assert record["command"].startswith("reslab bench data") and record["code_version"]
     assert all(r["images_per_s"] > 0 for r in record["results"])
+
+
+def test_packing_choice_needs_a_clear_gain():
+    """The bench names the packing a measurement supports: the best (mode, N) only when it beats
+    one run alone by the records' spread."""
+    from reslab.bench.concurrent import choice
+
+    def row(model, mode, n, ratio):
+        return {"model": model, "mode": mode, "concurrent": n, "ratio": ratio}
+
+    rows = [row("a", "processes", 1, 1.0), row("a", "processes", 2, 1.23), row("a", "stacked", 4, 1.04),
+            row("b", "processes", 1, 1.0), row("b", "processes", 2, 1.04)]  # fmt: skip
+    chosen = choice(rows)
+    assert chosen["a"] == "processes x2 (1.23x one run alone)"
+    assert chosen["b"].startswith("one run at a time (best packing 1.04x")

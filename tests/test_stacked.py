@@ -151,6 +151,7 @@ def test_reproduce_and_bench_take_the_stacked_pack(data_dir, tmp_path, table6_ar
     record = json.loads(next((tmp_path / "bench").glob("*.json")).read_text())
     modes = [(r["mode"], r["concurrent"]) for r in record["results"]]
     assert modes == [("stacked", 1), ("stacked", 2)]
+    assert set(record["choice"]) == {"resnet8"}  # what the measurement supports, per model
     assert all(r["aggregate_images_per_s"] > 0 and r["alone_images_per_s"] > 0 for r in record["results"])  # fmt: skip
 
 

@@ -55,6 +55,10 @@ def run_and_record(
         "note": note,
         "results": rows,
     }
+    if kind == "train-concurrent":
+        from reslab.bench.concurrent import choice
+
+        record["choice"] = choice(rows)
     path = Path(out) / f"{now:%Y-%m-%d}-{device}-{kind}.json"
     for n in range(2, 1000):  # a record of the same day is kept: this one gets the next number
         if not path.exists():
@@ -118,4 +122,9 @@ def table(kind: str, rows: list[dict[str, Any]]) -> str:
     def line(cells: list[str]) -> str:
         return " ".join(f"{c:<{-w}}" if w < 0 else f"{c:>{w}}" for c, (_, w, _) in zip(cells, columns, strict=True))  # fmt: skip
 
-    return "\n".join([line([h for h, _, _ in columns]), *(line([cell(r) for _, _, cell in columns]) for r in rows)])  # fmt: skip
+    lines = [line([h for h, _, _ in columns]), *(line([cell(r) for _, _, cell in columns]) for r in rows)]  # fmt: skip
+    if kind == "train-concurrent":
+        from reslab.bench.concurrent import choice
+
+        lines += [f"choice for {model}: {what}" for model, what in choice(rows).items()]
+    return "\n".join(lines)

@@ -125,3 +125,23 @@ def run(
                 ratio = row["aggregate_images_per_s"] / alone["aggregate_images_per_s"]
                 rows.append({**row, "data": source, "alone_images_per_s": alone["aggregate_images_per_s"], "ratio": ratio})  # fmt: skip
     return rows
+
+
+# a packing is chosen only when it beats one run alone by more than the records' spread (repeated
+# CPU measurements of one configuration differed by up to about 10%: 0.95-1.16x)
+PAYS = 1.10
+
+
+def choice(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Per model, what the measurement supports: the best packing (mode and N) when its aggregate
+    is at least :data:`PAYS` times one run alone, else one run at a time."""
+    chosen = {}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        best = max((r for r in rows if r["model"] == model), key=lambda r: r["ratio"])
+        pays = best["concurrent"] > 1 and best["ratio"] >= PAYS
+        chosen[model] = (
+            f"{best['mode']} x{best['concurrent']} ({best['ratio']:.2f}x one run alone)"
+            if pays
+            else f"one run at a time (best packing {best['ratio']:.2f}x, below {PAYS:.2f}x)"
+        )
+    return chosen

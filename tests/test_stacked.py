@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from reslab.engine import fit
 from reslab.engine.checkpoint import load_checkpoint
 from reslab.engine.optim import PaperSGD
-from reslab.engine.stacked import StackedNets, _Request, stacked_train_step
+from reslab.engine.stacked import StackedNets, stacked_train_step
 from reslab.errors import ConfigError
 from reslab.models import create_model
 
@@ -74,19 +75,20 @@ def test_each_net_steps_with_its_own_learning_rate():
     alone, stacked = _nets("resnet8", 2), _nets("resnet8", 2)
     batches = [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))) for _ in range(2)]
     lrs = [0.1, 0.01]
-    requests = []
-    for net, (x, y), lr in zip(stacked, batches, lrs, strict=True):
+    runs = []
+    for net, lr in zip(stacked, lrs, strict=True):
         opt = PaperSGD(net.parameters(), lr, 0.9, 1e-4)
-        requests.append(_Request(net, opt, x, y, lr, torch.zeros(3, dtype=torch.float64), "fp32"))
+        window = torch.zeros(3, dtype=torch.float64)
+        runs.append(SimpleNamespace(optimizer=opt, lr=lr, window=window, precision="fp32"))
     with StackedNets(stacked) as stack:
-        stacked_train_step(stack, requests)
-    for net, (x, y), lr, request in zip(alone, batches, lrs, requests, strict=True):
+        stacked_train_step(stack, runs, batches)
+    for net, (x, y), lr, run in zip(alone, batches, lrs, runs, strict=True):
         opt = PaperSGD(net.parameters(), lr, 0.9, 1e-4)
         loss = F.cross_entropy(net(x), y)
         loss.backward()
         opt.step()
-        assert request.window[2] == 8
-        torch.testing.assert_close(request.window[0] / 8, loss.detach().double(), rtol=1e-5, atol=0)
+        assert run.window[2] == 8
+        torch.testing.assert_close(run.window[0] / 8, loss.detach().double(), rtol=1e-5, atol=0)
     for a, s in zip(alone, stacked, strict=True):
         for key, value in a.state_dict().items():
             torch.testing.assert_close(s.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)
@@ -158,12 +160,14 @@ def test_reproduce_and_bench_take_the_stacked_pack(data_dir, tmp_path, table6_ar
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is present")
 def test_stacked_runs_on_a_gpu_train_like_the_runs_alone(tiny_config, tmp_path):
-    """Two seeds stacked on a GPU (grouped cuDNN convolutions): each ends close to the run alone."""
+    """Two seeds stacked on a GPU (grouped cuDNN convolutions, the whole stacked step replayed
+    from one CUDA graph): each ends close to the run alone."""
     from reslab.engine.packed import fit_packed
 
     cfgs = [tiny_config(**{"train.seed": s, "train.device": "cuda"}) for s in (0, 1)]
     jobs = [(cfg, tmp_path / "stacked" / f"run{i}") for i, cfg in enumerate(cfgs)]
-    assert [s["packing"] for s in fit_packed(jobs, 2, mode="stacked")] == ["stacked"] * 2
+    summaries = fit_packed(jobs, 2, mode="stacked")
+    assert [s["cuda_graph"] for s in summaries] == ["whole stacked step"] * 2
     for i, cfg in enumerate(cfgs):
         fit(cfg, tmp_path / "alone" / f"run{i}", progress=False)
         alone, stacked = _weights(tmp_path / "alone" / f"run{i}"), _weights(jobs[i][1])
@@ -180,13 +184,11 @@ def test_layers_without_a_stacked_form_are_refused():
         StackedNets(nets)
 
 
-def test_stacked_runs_refuse_compiled_or_graphed_steps(tiny_config, tmp_path):
+def test_stacked_runs_refuse_compiled_steps(tiny_config, tmp_path):
     from reslab.engine.packed import fit_packed
 
     jobs = [(tiny_config(**{"train.seed": s, "train.compile": "true"}), tmp_path / f"r{s}") for s in (0, 1)]  # fmt: skip
-    with pytest.raises(
-        ConfigError, match=r"train eagerly; set train\.compile and train\.cuda_graph"
-    ):
+    with pytest.raises(ConfigError, match=r"uncompiled: set train\.compile to auto"):
         fit_packed(jobs, 2, mode="stacked")
 
 

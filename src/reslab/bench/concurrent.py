@@ -79,7 +79,7 @@ def packed_images_per_s(
     if mode == "stacked":
         from reslab.engine.stacked import StackGroup
 
-        group = StackGroup()
+        group = StackGroup(capture=torch.device(device).type == "cuda")
     seats = [group.join() if group else None for _ in range(concurrent)]
     workers = [worker(target=_timed_run, args=(*args, seat, i)) for i, seat in enumerate(seats)]
     for w in workers:

@@ -28,6 +28,104 @@ from reslab.engine.optim import PaperSGD
 from reslab.engine.step import train_step
 
 
+class BatchTables:
+    """A run's training epoch on its device at fixed addresses, and the batch counter that picks
+    a row of it: what a captured step reads its batch from (no host data per step).
+
+    ``start_epoch`` loads an epoch's tables (image indices, crop offsets, mirror flags; see
+    :meth:`TensorLoader.epoch_tables`); :meth:`batch` gathers the current batch on the device and
+    :meth:`advance` moves the counter, both inside a graph if need be."""
+
+    def __init__(self, loader: TensorLoader) -> None:
+        if loader.shard != (0, 1):
+            raise ValueError("BatchTables serve one process; use the eager step under torchrun")
+        self.loader, device = loader, loader.device
+        nb, bs = len(loader), loader.batch_size
+        self.order = torch.zeros(nb, bs, dtype=torch.long, device=device)
+        self.oy = torch.zeros(nb, bs, dtype=torch.long, device=device)
+        self.ox = torch.zeros(nb, bs, dtype=torch.long, device=device)
+        self.mirror = torch.zeros(nb, bs, dtype=torch.bool, device=device)
+        self.row = torch.zeros(1, dtype=torch.long, device=device)
+
+    def start_epoch(self, epoch: int, start: int = 0) -> None:
+        """Load epoch ``epoch``'s tables; the next batch is its batch ``start``."""
+        order, (oy, ox, mirror) = self.loader.epoch_tables(epoch)
+        for static, new in ((self.order, order), (self.oy, oy), (self.ox, ox)):
+            static.copy_(new)
+        self.mirror.copy_(mirror)
+        self.row.fill_(start)
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The current batch (normalised images, labels), gathered on the device."""
+        loader, row = self.loader, self.row
+        idx = self.order.index_select(0, row).view(-1)
+        oy, ox, mirror = (t.index_select(0, row).view(-1) for t in (self.oy, self.ox, self.mirror))
+        images = loader.normalize(crop_flip(loader.images[idx], oy, ox, mirror, pad=loader.pad))
+        return images, loader.labels[idx]
+
+    def advance(self) -> None:
+        self.row += 1
+
+
+class DeviceLR:
+    """A learning rate as a device tensor (what a captured step reads), written only when the
+    schedule changes it; the optimizer's group keeps the float for checkpoints and logs."""
+
+    def __init__(self, optimizer: PaperSGD, device: torch.device) -> None:
+        self.optimizer = optimizer
+        self.value = float(optimizer.param_groups[0]["lr"])
+        self.tensor = torch.tensor(self.value, device=device)
+
+    def set(self, lr: float) -> None:
+        if lr != self.value:
+            self.tensor.fill_(lr)
+            self.value = lr
+        self.optimizer.param_groups[0]["lr"] = lr
+
+
+class Replayer:
+    """Runs a step body: eagerly for the first ``warmup`` steps (on a side stream when it will be
+    captured: CUDA graphs need warmed-up cuDNN/cuBLAS handles), then records it once as a CUDA
+    graph and replays it for every later step. Without ``capture`` every step runs eagerly.
+
+    ``zero_grads`` sets the trained gradients to None before each eager step and before the
+    capture, so that backward writes them (the graph then allocates, and rewrites, them)."""
+
+    def __init__(self, capture: bool, warmup: int = 3) -> None:
+        self.capture, self.warmup = capture, warmup
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.eager_steps = 0
+
+    def reset(self) -> None:
+        """Forget the graph (what it reads has moved): warm up and capture again."""
+        self.graph, self.eager_steps = None, 0
+
+    def __call__(self, body, zero_grads) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        zero_grads()
+        if not self.capture or self.eager_steps < self.warmup:
+            if self.capture:  # warm-up on a side stream, as CUDA graph capture requires
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    body()
+                torch.cuda.current_stream().wait_stream(side)
+            else:
+                body()
+            self.eager_steps += 1
+            return
+        self.graph = torch.cuda.CUDAGraph()
+        # packed runs (one thread and stream each) capture on their own stream, thread_local so
+        # that the others may go on meanwhile; a lone run captures on torch's side stream
+        current = torch.cuda.current_stream()
+        own = None if current == torch.cuda.default_stream() else current
+        with torch.cuda.graph(self.graph, stream=own, capture_error_mode="thread_local"):
+            body()
+        self.graph.replay()  # capturing records the step without running it
+
+
 class GraphedStep:
     """Training steps of ``model`` on ``loader``'s epochs, replayed from one CUDA graph.
 
@@ -61,8 +159,6 @@ class GraphedStep:
     ) -> None:
         if len(optimizer.param_groups) != 1:
             raise ValueError("GraphedStep needs an optimizer with a single parameter group")
-        if loader.shard != (0, 1):
-            raise ValueError("GraphedStep runs in one process; use the eager step under torchrun")
         if compile_mode == "reduce-overhead":
             raise ValueError("compile_mode='reduce-overhead' would nest CUDA graphs; use 'default'")
         self.model, self.optimizer, self.loader, self.window = model, optimizer, loader, window
@@ -76,19 +172,9 @@ class GraphedStep:
         self.capture = device.type == "cuda" if capture is None else capture
         if self.capture and device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, not {device}")
-        self.warmup = warmup
-        group = optimizer.param_groups[0]
-        self.lr = torch.tensor(float(group["lr"]), device=device)
-        self._lr_value = float(group["lr"])
-        # the epoch tables the graph reads, and the batch counter it advances (fixed addresses)
-        nb, bs = len(loader), loader.batch_size
-        self.order = torch.zeros(nb, bs, dtype=torch.long, device=device)
-        self.oy = torch.zeros(nb, bs, dtype=torch.long, device=device)
-        self.ox = torch.zeros(nb, bs, dtype=torch.long, device=device)
-        self.mirror = torch.zeros(nb, bs, dtype=torch.bool, device=device)
-        self.batch = torch.zeros(1, dtype=torch.long, device=device)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.eager_steps = 0
+        self.lr = DeviceLR(optimizer, device)
+        self.tables = BatchTables(loader)  # what the graph reads its batch from
+        self.replay = Replayer(self.capture, warmup)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -100,53 +186,18 @@ class GraphedStep:
     def _body(self) -> None:
         """The batch picked by the step counter, then :func:`train_step`; no host
         synchronisation, so that it can be captured."""
-        loader, row = self.loader, self.batch
-        idx = self.order.index_select(0, row).view(-1)
-        oy, ox, mirror = (t.index_select(0, row).view(-1) for t in (self.oy, self.ox, self.mirror))
-        images = loader.normalize(crop_flip(loader.images[idx], oy, ox, mirror, pad=loader.pad))
-        labels = loader.labels[idx]
-        train_step(
-            self.forward, self.optimizer, images, labels, self.precision, self.lr, self.window
-        )
-        self.batch += 1
+        images, labels = self.tables.batch()
+        lr = self.lr.tensor
+        train_step(self.forward, self.optimizer, images, labels, self.precision, lr, self.window)
+        self.tables.advance()
 
     def start_epoch(self, epoch: int, start: int = 0) -> None:
         """Load epoch ``epoch``'s tables; the next step is its batch ``start``."""
-        order, (oy, ox, mirror) = self.loader.epoch_tables(epoch)
-        for static, new in ((self.order, order), (self.oy, oy), (self.ox, ox)):
-            static.copy_(new)
-        self.mirror.copy_(mirror)
-        self.batch.fill_(start)
+        self.tables.start_epoch(epoch, start)
 
     def set_lr(self, lr: float) -> None:
-        if lr != self._lr_value:  # a device write only when the schedule changes
-            self.lr.fill_(lr)
-            self._lr_value = lr
-        self.optimizer.param_groups[0]["lr"] = lr  # checkpoints and logs read it there
+        self.lr.set(lr)  # a device write only when the schedule changes
 
     def step(self) -> None:
         """Train on the next batch of the current epoch."""
-        if self.graph is not None:
-            self.graph.replay()
-            return
-        if not self.capture or self.eager_steps < self.warmup:
-            self.model.zero_grad(set_to_none=True)
-            if self.capture:  # warm-up on a side stream, as CUDA graph capture requires
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    self._body()
-                torch.cuda.current_stream().wait_stream(side)
-            else:
-                self._body()
-            self.eager_steps += 1
-            return
-        self.model.zero_grad(set_to_none=True)  # the graph allocates (and rewrites) the gradients
-        self.graph = torch.cuda.CUDAGraph()
-        # packed runs (one thread and stream each) capture on their own stream, thread_local so
-        # that the others may go on meanwhile; a lone run captures on torch's side stream
-        current = torch.cuda.current_stream()
-        own = None if current == torch.cuda.default_stream() else current
-        with torch.cuda.graph(self.graph, stream=own, capture_error_mode="thread_local"):
-            self._body()
-        self.graph.replay()  # capturing records the step without running it
+        self.replay(self._body, lambda: self.model.zero_grad(set_to_none=True))

@@ -238,9 +238,12 @@ class _Threads(_Pack):
     def start(self, job: Job, index: int, restart: bool) -> None:
         seat = None
         if self.stacked:
-            from reslab.engine.stacked import StackGroup, stack_key
+            from reslab.engine.stacked import group_for, stack_key
 
-            seat = self.groups.setdefault(stack_key(job[0]), StackGroup()).join()
+            key = stack_key(job[0])
+            if key not in self.groups:
+                self.groups[key] = group_for(job[0])
+            seat = self.groups[key].join()
         args = (job, restart, index, self.results, None, seat)
         worker = threading.Thread(target=_fit_one, args=args)
         worker.start()

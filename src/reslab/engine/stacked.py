@@ -20,23 +20,22 @@ gradients of the stacked tensors are handed to the nets as slices too; when the 
 every net gets storage of its own back (checkpoints copy the slices). Each run is still an ordinary :func:`~reslab.engine.trainer.fit` in its own thread, with its own
 seed, data order, checkpoints and summary; only its training step is a :class:`StackedStep`, which
 hands the batch to the :class:`StackGroup` and waits until every run of the group has handed in
-its own, when one of them runs the stacked step for all. The step body is the N-way form of
-:func:`~reslab.engine.step.train_step`.
+its own, when one of them runs the stacked step for all (on CUDA replayed from one CUDA graph).
+The step body is the N-way form of :func:`~reslab.engine.step.train_step`.
 """
 
 from __future__ import annotations
 
 import copy
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reslab.engine.optim import PaperSGD, set_lr
-from reslab.engine.trainer import EagerStep
+from reslab.engine.graphed import BatchTables, DeviceLR, Replayer
+from reslab.engine.optim import PaperSGD
 from reslab.errors import ConfigError
 from reslab.models.layers import FixedStatsBatchNorm2d, PadShortcut
 
@@ -222,56 +221,49 @@ class StackedNets(nn.Module):
         self.unbind()
 
 
-@dataclass
-class _Request:
-    """One run's part of a stacked step."""
-
-    model: nn.Module
-    optimizer: PaperSGD
-    images: torch.Tensor
-    labels: torch.Tensor
-    lr: float
-    window: torch.Tensor
-    precision: str
-
-
-def stacked_train_step(stack: StackedNets, requests: list[_Request]) -> None:
-    """:func:`~reslab.engine.step.train_step` for N runs at once (``stack`` bound): the stacked
-    forward, each run's cross-entropy on its own logits, backward of their sum, each run's SGD
-    update with its own learning rate, and each run's loss and errors added to its own window."""
-    images = torch.cat([r.images for r in requests], 1)
-    enabled = requests[0].precision == "bf16"
+def stacked_train_step(
+    stack: StackedNets, runs: list[Any], batches: list[tuple[torch.Tensor, torch.Tensor]]
+) -> None:
+    """:func:`~reslab.engine.step.train_step` for N runs at once (``stack`` bound; each run has
+    ``optimizer``, ``lr``, ``window`` and ``precision``): the stacked forward on the runs'
+    ``batches``, each run's cross-entropy on its own logits, backward of their sum, each run's SGD
+    update with its own learning rate, and each run's loss and errors added to its own window. No
+    host synchronisation, so that it can be captured."""
+    images = torch.cat([x for x, _ in batches], 1)
+    enabled = runs[0].precision == "bf16"
     with torch.autocast(images.device.type, torch.bfloat16, enabled=enabled, cache_enabled=False):
-        logits = stack(images).chunk(len(requests), 1)
-        losses = [
-            F.cross_entropy(z.float(), r.labels) for z, r in zip(logits, requests, strict=True)
-        ]
+        logits = stack(images).chunk(len(runs), 1)
+        losses = [F.cross_entropy(z.float(), y) for z, (_, y) in zip(logits, batches, strict=True)]
     torch.stack(losses).sum().backward()
     stack.share_grads()
-    for r, z, loss in zip(requests, logits, losses, strict=True):
+    for r, z, loss, (_, y) in zip(runs, logits, losses, batches, strict=True):
         r.optimizer.step(lr=r.lr)
         with torch.no_grad():
-            r.window[0] += loss.detach() * len(r.labels)
-            r.window[1] += (z.detach().argmax(1) != r.labels).sum()
-            r.window[2] += len(r.labels)
+            r.window[0] += loss.detach() * len(y)
+            r.window[1] += (z.detach().argmax(1) != y).sum()
+            r.window[2] += len(y)
 
 
 class StackGroup:
     """Runs (one thread each) whose steps execute together as one stacked net.
 
     A run takes a :class:`Seat` with :meth:`join` and gives it back with ``seat.leave()`` when it
-    ends (however it ends). Each step waits until every seated run has handed in its batch; the
+    ends (however it ends). Each step waits until every seated run has handed in its step; the
     last one to arrive runs the stacked step for all. A run that is evaluating or checkpointing
     holds the others' next step until it comes back (runs of one config do both at the same
-    iterations)."""
+    iterations). With ``capture`` (CUDA) the stacked step is recorded once as a CUDA graph after
+    ``warmup`` eager steps and replayed (:class:`~reslab.engine.graphed.Replayer`); the runs'
+    batches come from their device tables, so nothing crosses to the host per step. The graph is
+    captured again whenever the group's runs change."""
 
-    def __init__(self) -> None:
+    def __init__(self, capture: bool = False, warmup: int = 3) -> None:
         self._cond = threading.Condition()
         self._seats: list[Seat] = []
-        self._waiting: dict[Seat, _Request] = {}
+        self._waiting: dict[Seat, StackedStep] = {}
         self._generation = 0
         self._failures: dict[int, BaseException] = {}
         self._stack: StackedNets | None = None  # bound to the nets of the last step
+        self.replay = Replayer(capture, warmup)
 
     def join(self) -> Seat:
         seat = Seat(self)
@@ -285,13 +277,12 @@ class StackGroup:
                 self._seats.remove(seat)
                 self._waiting.pop(seat, None)
                 if self._stack is not None and seat.model in self._stack.nets:
-                    self._stack.unbind()  # the run ends with tensors of its own
-                    self._stack = None
+                    self._unbind()  # the run ends with tensors of its own
                 self._run_if_complete()
 
-    def _submit(self, seat: Seat, request: _Request) -> None:
+    def _submit(self, seat: Seat, run: StackedStep) -> None:
         with self._cond:
-            self._waiting[seat] = request
+            self._waiting[seat] = run
             generation = self._generation
             self._run_if_complete()
             while self._generation == generation:
@@ -301,26 +292,41 @@ class StackGroup:
             raise RuntimeError("the stacked training step failed") from failure
 
     def _run_if_complete(self) -> None:
-        """Run the step once every seated run has handed in its batch (the lock is held)."""
+        """Run the step once every seated run has handed in its own (the lock is held)."""
         if not self._waiting or len(self._waiting) < len(self._seats):
             return
-        requests = [self._waiting[s] for s in self._seats]
+        runs = [self._waiting[s] for s in self._seats]
         try:
-            stacked_train_step(self._stacked([r.model for r in requests]), requests)
+            self._step(runs)
         except BaseException as err:  # every waiting run raises it
             self._failures[self._generation] = err
         self._waiting.clear()
         self._generation += 1
         self._cond.notify_all()
 
-    def _stacked(self, nets: list[nn.Module]) -> StackedNets:
-        """The stacked net of ``nets``, bound; rebuilt when the group's runs change."""
-        if self._stack is None or self._stack.nets != tuple(nets):
-            if self._stack is not None:
-                self._stack.unbind()
-            self._stack = None
-            self._stack = StackedNets(nets).bind()
-        return self._stack
+    def _step(self, runs: list[StackedStep]) -> None:
+        nets = tuple(r.model for r in runs)
+        if self._stack is None or self._stack.nets != nets:
+            self._unbind()
+            self._stack = StackedNets(list(nets)).bind()
+        stack = self._stack
+
+        def body() -> None:
+            stacked_train_step(stack, runs, [r.tables.batch() for r in runs])
+            for r in runs:
+                r.tables.advance()
+
+        def zero_grads() -> None:
+            for r in runs:
+                r.model.zero_grad(set_to_none=True)
+
+        self.replay(body, zero_grads)
+
+    def _unbind(self) -> None:
+        if self._stack is not None:
+            self._stack.unbind()
+        self._stack = None
+        self.replay.reset()
 
 
 class Seat:
@@ -330,29 +336,47 @@ class Seat:
         self.group = group
         self.model: nn.Module | None = None
 
-    def step(self, request: _Request) -> None:
-        self.model = request.model
-        self.group._submit(self, request)
+    def step(self, run: StackedStep) -> None:
+        self.model = run.model
+        self.group._submit(self, run)
 
     def leave(self) -> None:
         self.group._leave(self)
 
 
-class StackedStep(EagerStep):
+class StackedStep:
     """A run's training steps, executed stacked with the other runs of its group: used like
-    :class:`~reslab.engine.trainer.EagerStep` (``start_epoch``, then one call per step)."""
+    :class:`~reslab.engine.trainer.EagerStep` (``start_epoch``, then one call per step with its
+    learning rate). Its batches come from device tables, as the whole-step graph reads them."""
 
     def __init__(self, seat: Seat, model, optimizer: PaperSGD, loader, window, precision) -> None:
-        super().__init__(model, optimizer, loader, window, precision)
-        self.seat = seat
+        self.seat, self.model, self.optimizer, self.loader = seat, model, optimizer, loader
+        self.window, self.precision = window, precision
+        self.tables = BatchTables(loader)
+        self.device_lr = DeviceLR(optimizer, loader.device)
+
+    @property
+    def lr(self) -> torch.Tensor:
+        return self.device_lr.tensor
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def start_epoch(self, epoch: int, start: int = 0) -> None:
+        self.tables.start_epoch(epoch, start)
 
     def __call__(self, lr: float) -> None:
-        set_lr(self.optimizer, lr)  # checkpoints and logs read it there
-        images, labels = next(self._batches)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.seat.step(
-            _Request(self.model, self.optimizer, images, labels, lr, self.window, self.precision)
-        )
+        self.device_lr.set(lr)
+        self.seat.step(self)
+
+
+def group_for(cfg: Any) -> StackGroup:
+    """A group for runs of ``cfg``'s :func:`stack_key`: its step captured as a CUDA graph on CUDA
+    unless ``train.cuda_graph`` is false."""
+    from reslab.engine.runtime import resolve_device
+
+    cuda = resolve_device(cfg.train.device).type == "cuda"
+    return StackGroup(capture=cuda and cfg.train.cuda_graph is not False)
 
 
 def stack_key(cfg: Any) -> tuple:

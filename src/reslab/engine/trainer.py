@@ -309,15 +309,14 @@ def make_step(cfg, core, optimizer, loader, window, info, device, stack=None):
     if stack is not None:
         from reslab.engine.stacked import StackedStep
 
-        if info.enabled:
-            raise ConfigError("stacked runs train in one process; not under torchrun")
-        if cfg.train.compile is True or cfg.train.cuda_graph is True:
+        if info.enabled or cfg.data.dataset != "cifar10" or cfg.train.compile is True:
             raise ConfigError(
-                "stacked runs (--pack stacked) train eagerly; set train.compile and "
-                "train.cuda_graph to auto, or pack these runs as streams or processes"
+                "stacked runs (--pack stacked) train CIFAR in one process, uncompiled: set "
+                "train.compile to auto, or pack these runs as streams or processes"
             )
         step = StackedStep(stack, core, optimizer, loader, window, cfg.train.precision)
-        return step, {"compile": "off", "cuda_graph": "off", "packing": "stacked"}
+        graph = "whole stacked step" if stack.group.replay.capture else "off"
+        return step, {"compile": "off", "cuda_graph": graph, "packing": "stacked"}
     if use_cuda_graph(cfg, info, device):
         from reslab.engine.graphed import GraphedStep
 

@@ -102,3 +102,13 @@ def test_progress_bars_follow_the_runs_metrics_logs(tiny_config, tmp_path, capsy
     assert bars.bars[0][0].n == 4
     bars.close_all()
     assert "4/9" in capsys.readouterr().err
+
+
+def test_a_process_gets_the_threads_of_the_runs_beside_it(monkeypatch):
+    """Threads are split between the runs that train at the same time: a run started when fewer
+    remain gets a larger share; a fixed ``threads`` stays fixed."""
+    from reslab.engine.packed import _Processes
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert [_Processes(None).threads_for(n) for n in (1, 2, 3, 4, 8)] == [4, 2, 1, 1, 1]
+    assert _Processes(1).threads_for(1) == 1

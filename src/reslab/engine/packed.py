@@ -6,7 +6,8 @@ Each run is an ordinary :func:`~reslab.engine.trainer.fit` in its own run direct
 data order, checkpoints, resume and summary are its own); packing only decides what runs beside
 what. Two ways:
 
-- ``"processes"``: one process per run, the CPU's threads split between them (``threads`` each).
+- ``"processes"``: one process per run, the CPU's threads split between the runs training at the
+  same time (``threads`` each when given; a run that starts when fewer remain gets a larger share).
   A CPU run's arithmetic depends on its thread count (reductions are split per thread), so a
   packed run is bit-identical to the same run alone *with the same thread count*, which its
   summary's ``device`` states ("... (1 threads)").
@@ -60,8 +61,6 @@ def fit_packed(
     ``progress``, a bar per running run follows its metrics log."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}; valid: {', '.join(MODES)}")
-    if threads is None:
-        threads = max(1, torch.get_num_threads() // max(1, concurrent))
     pack = _Processes(threads) if mode == "processes" else _Threads(stacked=mode == "stacked")
     return pack.run(jobs, max(1, concurrent), restart, _Bars(progress))
 
@@ -95,7 +94,8 @@ class _Pack:
 
     results: Any
 
-    def start(self, job: Job, index: int, restart: bool) -> None:
+    def start(self, job: Job, index: int, restart: bool, sharing: int) -> None:
+        """Start ``job``; ``sharing`` runs (it included) will train at the same time."""
         raise NotImplementedError
 
     def stop_all(self) -> None:
@@ -125,7 +125,8 @@ class _Pack:
                         and not (stop.requested or error)
                     ):
                         index = pending.pop(0)
-                        self.start(jobs[index], index, restart)
+                        sharing = min(concurrent, len(running) + 1 + len(pending))
+                        self.start(jobs[index], index, restart, sharing)
                         running.add(index)
                         bars.open(index, jobs[index])
                     if (stop.requested or error) and not stopping:
@@ -207,12 +208,17 @@ def _last_iteration(log: Path) -> int | None:
 
 
 class _Processes(_Pack):
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int | None) -> None:
         self.context = mp.get_context("spawn")
         self.results, self.threads, self.children = self.context.Queue(), threads, []
 
-    def start(self, job: Job, index: int, restart: bool) -> None:
-        args = (job, restart, index, self.results, self.threads)
+    def threads_for(self, sharing: int) -> int:
+        """CPU threads of a run started beside ``sharing - 1`` others (the fixed ``threads`` when
+        given): the last run of a pack does not keep a partner's share idle."""
+        return self.threads or max(1, torch.get_num_threads() // max(1, sharing))
+
+    def start(self, job: Job, index: int, restart: bool, sharing: int) -> None:
+        args = (job, restart, index, self.results, self.threads_for(sharing))
         child = self.context.Process(target=_fit_one, args=args)
         child.start()
         self.children.append(child)
@@ -235,7 +241,7 @@ class _Threads(_Pack):
         self.results, self.workers, self.stacked = queue.Queue(), [], stacked
         self.groups: dict[tuple, Any] = {}
 
-    def start(self, job: Job, index: int, restart: bool) -> None:
+    def start(self, job: Job, index: int, restart: bool, sharing: int) -> None:
         seat = None
         if self.stacked:
             from reslab.engine.stacked import group_for, stack_key

@@ -4,7 +4,7 @@
 
 Each run is an ordinary :func:`~reslab.engine.trainer.fit` in its own run directory (its seed,
 data order, checkpoints, resume and summary are its own); packing only decides what runs beside
-what. Two ways:
+what. Three ways:
 
 - ``"processes"``: one process per run, the CPU's threads split between the runs training at the
   same time (``threads`` each when given; a run that starts when fewer remain gets a larger share).
@@ -69,7 +69,7 @@ def _fit_one(
     job: Job, restart: bool, index: int, results, threads: int | None = None, seat=None
 ) -> None:
     """One run; (index, "summary" or "error", value) goes to ``results``. A run with a ``seat``
-    trains stacked with its group; one of the streams mode on its own CUDA stream."""
+    trains stacked with its group; a streams-mode run on a GPU trains on its own CUDA stream."""
     from reslab.engine.trainer import fit
 
     if threads is not None:

@@ -227,6 +227,8 @@ def test_dry_run_lists_the_queue_and_projects_its_time(tmp_path, capsys):
     r56 = next(line for line in out.splitlines() if "resnet56" in line)
     assert "(scaled from resnet20)" in r56 and float(r56.split()[5]) > 2.5 * 136.5
     assert f"runs not in the ledger: {float(r56.split()[5]):.1f} min" in out
+    assert main([a for a in args if a != "--dry-run"] + ["--throughput", str(record)]) == 2
+    assert "add --dry-run" in capsys.readouterr().err
     (tmp_path / "bad.json").write_text("[]")
     assert main([*args, "--throughput", str(tmp_path / "bad.json")]) == 2
     assert "not a `reslab bench train` record" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from reslab.errors import ReslabError
+from reslab.errors import ConfigError, ReslabError
 
 DEVICES = ("auto", "cpu", "cuda")
 PACK_MODES = (
@@ -134,6 +134,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from reslab.experiments.reproduce import parse_schedule, reproduce_and_report
 
+    if args.throughput and not args.dry_run:
+        raise ConfigError("--throughput projects a --dry-run; add --dry-run (nothing trains then)")
     if args.dry_run:
         from reslab.experiments.reproduce import format_status, queue_status
 

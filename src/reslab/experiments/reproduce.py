@@ -201,6 +201,7 @@ def queue_status(
     from reslab.engine.checkpoint import latest_checkpoint
 
     speeds = _measured_speeds(throughput) if throughput else {}
+    experiment = "fig6" if experiment == "fig7" else experiment  # fig7 measures the fig6 nets
     rows = []
     for run in plan(experiment, schedule, seeds, only):
         cfg = run.config(None, None)

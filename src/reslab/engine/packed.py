@@ -15,9 +15,10 @@ what. Three ways:
   runs' whole-step CUDA graphs overlap on the GPU (a small net's steps leave most of it idle).
 - ``"stacked"``: one thread per run in this process; runs of one architecture (and batch size,
   precision, layout) train as one N-times wider net, grouped convolutions with per-net BN, heads
-  and SGD steps (:mod:`reslab.engine.stacked`). Each run's result is the same arithmetic as alone
-  in exact arithmetic; in floating point it may differ in the last bits (other kernels). On a CPU
-  one stack trains at a time (runs of another architecture wait for it).
+  and SGD steps (:mod:`reslab.engine.stacked`). Each step is the run's own in exact arithmetic;
+  in floating point it differs in the last bits (other kernels), and like any change of summation
+  order (a change of thread count too) the trajectories then drift apart. On a CPU one stack
+  trains at a time (runs of another architecture wait for it).
 
 At most ``concurrent`` runs train at once; the next starts when one ends. SIGINT/SIGTERM stop them
 all (each checkpoints, and the same command resumes them). A run's error stops the others and is

@@ -229,6 +229,11 @@ def test_dry_run_lists_the_queue_and_projects_its_time(tmp_path, capsys):
     assert f"runs not in the ledger: {float(r56.split()[5]):.1f} min" in out
     assert main([a for a in args if a != "--dry-run"] + ["--throughput", str(record)]) == 2
     assert "add --dry-run" in capsys.readouterr().err
+    packed = tmp_path / "packed.json"  # a --concurrent record: the best aggregate counts
+    rows = [{"model": "resnet20", "concurrent": n, "aggregate_images_per_s": v} for n, v in ((1, 1000.0), (4, 4000.0))]  # fmt: skip
+    packed.write_text(json.dumps({"results": rows}))
+    assert main([*args, "--only", "resnet20", "--throughput", str(packed)]) == 0
+    assert "34.1 min  (measured)" in capsys.readouterr().out  # 136.5 min at 4x
     (tmp_path / "bad.json").write_text("[]")
     assert main([*args, "--throughput", str(tmp_path / "bad.json")]) == 2
     assert "not a `reslab bench train` record" in capsys.readouterr().err

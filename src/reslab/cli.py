@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs/reproduce", help="where checkpoints live")
     p.add_argument("--results", default="results", help="the ledger")
     p.add_argument("--dry-run", action="store_true", help="train nothing: list the runs, their checkpoints and ledger entries")  # fmt: skip
-    p.add_argument("--throughput", help="with --dry-run: a `reslab bench train` record whose images/s project the remaining time")  # fmt: skip
+    p.add_argument("--throughput", help="with --dry-run: a `reslab bench train` record whose images/s project the remaining time (a --concurrent record: its best packed aggregate)")  # fmt: skip
     p = command("report", cmd_report, "rebuild results/README.md (and the weights index) from the ledger", data=True)  # fmt: skip
     p.add_argument("--results", default="results", help="the ledger")
     p.add_argument("--verify", action="store_true", help="re-evaluate the runs' weights not checked yet (for the index)")  # fmt: skip

@@ -237,12 +237,18 @@ def format_status(rows: list[dict[str, Any]], throughput: str | Path | None = No
 
 
 def _measured_speeds(path: str | Path) -> dict[str, float]:
-    """Training images/s per model of a ``reslab bench train`` record."""
+    """Training images/s per model of a ``reslab bench train`` record; of a packed-runs record
+    (``--concurrent``), the best aggregate: each run then takes its share of the device's time,
+    so the sum over runs projects the queue trained packed (with runs enough to fill the packs)."""
     import json
 
     try:
         record = json.loads(Path(path).read_text())
-        return {r["model"]: float(r["images_per_s"]) for r in record["results"]}
+        speeds: dict[str, float] = {}
+        for r in record["results"]:
+            speed = float(r["aggregate_images_per_s"] if "concurrent" in r else r["images_per_s"])
+            speeds[r["model"]] = max(speed, speeds.get(r["model"], 0.0))
+        return speeds
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(
             f"--throughput {path}: not a `reslab bench train` record ({err}); give one of "

@@ -60,11 +60,15 @@ def packed_images_per_s(
     *,
     mode: str = "processes",
     steps: int = 40,
-    warmup: int = 3,
+    warmup: int | None = None,
     batch: int = 128,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Aggregate images/s of ``concurrent`` runs of ``name`` trained at once (see the module doc)."""
+    """Aggregate images/s of ``concurrent`` runs of ``name`` trained at once (see the module doc).
+    ``warmup`` untimed steps first (default 10 on CUDA, as the single-run bench: the CUDA graphs
+    are captured after 3 of them, outside the timing; 3 elsewhere)."""
+    if warmup is None:
+        warmup = 10 if torch.device(device).type == "cuda" else 3
     total_threads = torch.get_num_threads()
     threads = max(1, total_threads // concurrent) if mode == "processes" else None
     if mode == "processes":

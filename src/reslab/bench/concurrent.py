@@ -40,8 +40,8 @@ def _timed_run(
         )
         for _ in range(warmup):
             one_step()
-        if stream is not None:
-            stream.synchronize()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the warm-up (and the captures) end before the clock
         barrier.wait()
         start = time.perf_counter()
         for _ in range(steps):

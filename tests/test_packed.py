@@ -70,13 +70,15 @@ def test_a_failing_packed_run_is_reported(tiny_config, tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is present")
-def test_packed_streams_on_a_gpu_train_like_the_runs_alone(tiny_config, tmp_path):
-    """Two runs' whole-step CUDA graphs captured and replayed on their own streams at once: each
-    ends close to the same run alone (cuDNN may pick other kernels: a tolerance, not bitwise)."""
+@pytest.mark.parametrize(("mode", "graph"), [("streams", "whole step"), ("stacked", "whole stacked step")])  # fmt: skip
+def test_packed_runs_on_a_gpu_train_like_the_runs_alone(tiny_config, tmp_path, mode, graph):
+    """Two runs at once on a GPU: their whole-step CUDA graphs on their own streams, or the two
+    seeds stacked into one grouped net replayed from one graph. Each ends close to the same run
+    alone (cuDNN may pick other kernels: a tolerance, not bitwise)."""
     cfgs = [tiny_config(**{"train.seed": s, "train.device": "cuda"}) for s in (0, 1)]
     jobs = [(cfg, tmp_path / "packed" / f"run{i}") for i, cfg in enumerate(cfgs)]
-    summaries = fit_packed(jobs, 2, mode="streams")
-    assert [s["cuda_graph"] for s in summaries] == ["whole step"] * 2
+    summaries = fit_packed(jobs, 2, mode=mode)
+    assert [s["cuda_graph"] for s in summaries] == [graph] * 2
     for i, cfg in enumerate(cfgs):
         fit(cfg, tmp_path / "alone" / f"run{i}", progress=False)
         alone, packed = _weights(tmp_path / "alone" / f"run{i}"), _weights(jobs[i][1])

@@ -157,24 +157,6 @@ def test_reproduce_and_bench_take_the_stacked_pack(data_dir, tmp_path, table6_ar
     assert all(r["aggregate_images_per_s"] > 0 and r["alone_images_per_s"] > 0 for r in record["results"])  # fmt: skip
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is present")
-def test_stacked_runs_on_a_gpu_train_like_the_runs_alone(tiny_config, tmp_path):
-    """Two seeds stacked on a GPU (grouped cuDNN convolutions, the whole stacked step replayed
-    from one CUDA graph): each ends close to the run alone."""
-    from reslab.engine.packed import fit_packed
-
-    cfgs = [tiny_config(**{"train.seed": s, "train.device": "cuda"}) for s in (0, 1)]
-    jobs = [(cfg, tmp_path / "stacked" / f"run{i}") for i, cfg in enumerate(cfgs)]
-    summaries = fit_packed(jobs, 2, mode="stacked")
-    assert [s["cuda_graph"] for s in summaries] == ["whole stacked step"] * 2
-    for i, cfg in enumerate(cfgs):
-        fit(cfg, tmp_path / "alone" / f"run{i}", progress=False)
-        alone, stacked = _weights(tmp_path / "alone" / f"run{i}"), _weights(jobs[i][1])
-        for k in alone:
-            torch.testing.assert_close(stacked[k].float(), alone[k].float(), rtol=1e-2, atol=1e-3)
-
-
 def test_layers_without_a_stacked_form_are_refused():
     nets = [torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GELU()) for _ in range(2)]
     with pytest.raises(ConfigError, match=r"cannot stack layer '1' \(GELU\).*--pack processes"):

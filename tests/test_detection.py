@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -216,7 +217,12 @@ def test_detect_train_and_eval_commands(data_dir, tmp_path, capsys):
     )
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows if "val_map50" in r] == [2, 3]
-    assert all(r["loss"] > 0 for r in rows if "loss" in r)
+    logged = [r for r in rows if "loss" in r]
+    assert [r["iteration"] for r in logged] == [1, 2, 3] and all(r["loss"] > 0 for r in logged)
+    # the window's mean loss is the sum of its terms' means (the engine's loop, meter and clock)
+    terms = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+    assert all(r["loss"] == pytest.approx(sum(r[k] for k in terms)) for r in logged)
+    assert summary["train_time_s"] > 0 and summary["images_per_s"] > 0
     capsys.readouterr()
     assert main(["detect", "eval", str(run), "--data", str(data_dir), "--limit", "4",
                  "--visualize", str(tmp_path / "vis"), "--draw", "2"]) == 0  # fmt: skip
@@ -279,7 +285,8 @@ def test_interrupted_detection_run_resumes_to_the_same_weights(data_dir, tmp_pat
 
     monkeypatch.setattr(det, "collate", collate_then_interrupt)
     first = det.fit_detector(cfg, tmp_path / "resumed", progress=False)
-    assert first == {"status": "interrupted", "iteration": 3}
+    assert first["status"] == "interrupted" and first["iteration"] == 3
+    assert Path(first["checkpoint"]).name == "ckpt_0000003.pt"
     monkeypatch.undo()
     assert det.fit_detector(cfg, tmp_path / "resumed", progress=False)["status"] == "finished"
     a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "final.pt")["model"]

@@ -8,14 +8,16 @@ mAP every ``eval_every``), ``checkpoints/`` (atomic; the same command resumes fr
 ``summary.json``, ``model.safetensors`` (detector weights with the config in the metadata) and
 ``map.png`` (the mAP@.5 curve). The run directory follows the engine's rules
 (:mod:`reslab.engine.rundir`): one process at a time, another config refused with the keys named,
-``--restart`` to start over, a finished run returns its summary.
+``--restart`` to start over, a finished run returns its summary. The run trains in the engine's
+loop (:func:`reslab.engine.trainer.train_loop`, the one classification uses): only the steps
+count on its clock, and SIGINT/SIGTERM checkpoint and stop after the step.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -47,10 +49,11 @@ from reslab.engine.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from reslab.engine.distributed import DistInfo
 from reslab.engine.logging import JsonlLogger, json_bytes, read_jsonl
 from reslab.engine.rundir import RunLock, finished_summary, resume_point, start_over
 from reslab.engine.runtime import code_version, describe_device, resolve_device
-from reslab.engine.trainer import StopRequest
+from reslab.engine.trainer import Meter, TrainState, train_loop
 from reslab.engine.weights import find_weights
 from reslab.errors import DataError, DivergedError
 
@@ -197,113 +200,168 @@ def fit_detector(
         return _train_detector(cfg, run_dir, resumed, progress)
 
 
+class DetectionStep:
+    """One SGD step of the detector per call, in the engine's step contract
+    (:func:`~reslab.engine.trainer.train_loop`): ``start_epoch(epoch, start)`` sets the epoch's
+    order and flips, ``len()`` is the batches per epoch. Each step adds ``[loss * images, 0,
+    images]`` to the meter's ``window`` and its loss terms to :attr:`parts`."""
+
+    def __init__(self, cfg: DetConfig, model, optimizer, train_set, state: TrainState,
+                 window: torch.Tensor):  # fmt: skip
+        self.cfg, self.model, self.optimizer, self.train_set = cfg, model, optimizer, train_set
+        self.state = state  # the run's (for the iteration in messages)
+        self.window, self.device = window, window.device
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.parts: dict[str, torch.Tensor] = {}
+        self._batches: list[list[int]] = []
+        self._position = 0
+
+    def __len__(self) -> int:
+        return len(self.train_set) // self.cfg.train.batch_size
+
+    def start_epoch(self, epoch: int, start: int = 0) -> None:
+        t = self.cfg.train
+        self.train_set.set_epoch(epoch)  # the flips of this epoch
+        order = torch.randperm(
+            len(self.train_set), generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch)
+        )
+        self._batches = order[: len(self) * t.batch_size].view(-1, t.batch_size).tolist()
+        self._position = start
+
+    def __call__(self, lr: float) -> None:
+        batch = self._batches[self._position]
+        self._position += 1
+        images, targets = collate([self.train_set[i] for i in batch])
+        images = [im.to(self.device) for im in images]
+        targets = [{k: v.to(self.device) for k, v in training_target(t).items()} for t in targets]
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        losses = self.model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            parts = {k: round(v.item(), 4) for k, v in losses.items()}
+            raise DivergedError(
+                f"iteration {self.state.iteration}: the loss is not finite ({parts}); lower optim.lr"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.optim.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.clip_grad_norm)
+        self.optimizer.step()
+        with torch.no_grad():
+            self.window[0] += loss.detach() * len(batch)
+            self.window[2] += len(batch)
+            for k, v in losses.items():
+                self.parts[k] = self.parts.get(k, 0) + v.detach() * len(batch)
+
+    def take_parts(self, images: float) -> dict[str, float]:
+        """The loss terms' means over the ``images`` since the last call."""
+        parts, self.parts = self.parts, {}
+        return {k: (v / images).item() for k, v in parts.items()}
+
+
+@dataclass
+class _Detection:
+    """What :func:`~reslab.engine.trainer.train_loop` calls back for a detection run: the
+    logging, evaluation and checkpoint blocks."""
+
+    cfg: DetConfig
+    run_dir: Path
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    step: DetectionStep
+    state: TrainState
+    meter: Meter
+    logger: JsonlLogger
+    val_set: CocoDetection
+    info: DistInfo = field(default_factory=DistInfo)  # one process (no stop to agree on)
+
+    def log_window(self, bar: tqdm) -> None:
+        parts = self.step.take_parts(self.meter.window[2].item())
+        loss, _ = self.meter.read(self.info)
+        s, seconds = self.state, self.meter.train_s
+        self.logger.log(
+            iteration=s.iteration, epoch=s.epoch, lr=self.optimizer.param_groups[0]["lr"],
+            loss=loss, **parts,
+            images_per_s=self.meter.timed_images(1) / seconds if seconds > 0 else float("nan"),
+        )  # fmt: skip
+        bar.set_postfix(loss=f"{loss:.3f}")
+
+    def evaluate(self) -> dict[str, float]:
+        device = self.meter.window.device
+        preds = predict(self.model, self.val_set, device, test_size=self.cfg.model.test_size)
+        result = score(self.val_set, preds, self.cfg.data.format)
+        self.model.transform.min_size = tuple(self.cfg.model.min_size)
+        self.model.train()
+        self.logger.log(
+            iteration=self.state.iteration, **{f"val_{k}": v for k, v in result.items()}
+        )
+        return result
+
+    def save(self, name: str) -> Path:
+        payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                   "state": asdict(self.state), "rng": rng_state(), "config": self.cfg.to_dict(),
+                   "code_version": code_version()}  # fmt: skip
+        path = atomic_save(payload, self.run_dir / "checkpoints" / name)
+        prune_checkpoints(self.run_dir / "checkpoints", self.cfg.train.keep_checkpoints)
+        return path
+
+
 def _train_detector(
     cfg: DetConfig, run_dir: Path, resumed: tuple[dict[str, Any], Path] | None, progress: bool
 ) -> dict[str, Any]:
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     train_set, val_set = build_datasets(cfg)
-    if len(train_set) < cfg.train.batch_size:
+    t = cfg.train
+    if len(train_set) < t.batch_size:
         raise DataError(
-            f"{len(train_set)} training images are fewer than one batch ({cfg.train.batch_size})"
+            f"{len(train_set)} training images are fewer than one batch ({t.batch_size})"
         )
     model = make_model(cfg, len(train_set.classes)).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr_at(cfg, 0), momentum=cfg.optim.momentum,
                           weight_decay=cfg.optim.weight_decay)  # fmt: skip
-    t, it, epoch, position = cfg.train, 0, 0, 0
+    state = TrainState()
     if resumed is not None:
         ckpt, _ = resumed
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        it, epoch, position = (ckpt["state"][k] for k in ("iteration", "epoch", "position"))
+        state = TrainState(**ckpt["state"])
         set_rng_state(ckpt["rng"])  # the RPN/RoI samplers draw from the global generator
+    meter = Meter(torch.zeros(3, device=device, dtype=torch.float64), t.batch_size)
+    step = DetectionStep(cfg, model, opt, train_set, state, meter.window)
     logger = JsonlLogger(run_dir / "metrics.jsonl")
-    logger.truncate_after(it if resumed else -1)
-
-    def save(name: str) -> None:
-        payload = {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                   "state": {"iteration": it, "epoch": epoch, "position": position},
-                   "rng": rng_state(), "config": cfg.to_dict(),
-                   "code_version": code_version()}  # fmt: skip
-        atomic_save(payload, run_dir / "checkpoints" / name)
-        prune_checkpoints(run_dir / "checkpoints", t.keep_checkpoints)
-
-    def evaluate_now() -> dict[str, float]:
-        preds = predict(model, val_set, device, test_size=cfg.model.test_size)
-        result = score(val_set, preds, cfg.data.format)
-        model.transform.min_size = tuple(cfg.model.min_size)
-        model.train()
-        logger.log(iteration=it, **{f"val_{k}": v for k, v in result.items()})
-        return result
-
-    bar = tqdm(total=t.iterations, initial=it, unit="it", disable=not progress, desc=cfg.name)
+    logger.truncate_after(state.iteration if resumed else -1)
+    run = _Detection(cfg, run_dir, model, opt, step, state, meter, logger, val_set)
+    bar = tqdm(total=t.iterations, initial=state.iteration, unit="it", disable=not progress,
+               desc=cfg.name)  # fmt: skip
     start = dt.datetime.now(dt.UTC)
-    model.train()
-    window: list[float] = []
-    with StopRequest() as stop:  # SIGINT/SIGTERM: checkpoint and stop after the step
-        while it < t.iterations and not stop.requested:
-            train_set.set_epoch(epoch)  # the flips of this epoch
-            order = torch.randperm(
-                len(train_set), generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch)
-            )
-            batches = (
-                order[: len(order) // t.batch_size * t.batch_size].view(-1, t.batch_size).tolist()
-            )
-            while position < len(batches) and it < t.iterations and not stop.requested:
-                images, targets = collate([train_set[i] for i in batches[position]])
-                images = [im.to(device) for im in images]
-                targets = [
-                    {k: v.to(device) for k, v in training_target(tt).items()} for tt in targets
-                ]
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(cfg, it)
-                losses = model(images, targets)
-                loss = sum(losses.values())
-                if not torch.isfinite(loss):
-                    parts = {k: round(v.item(), 4) for k, v in losses.items()}
-                    raise DivergedError(
-                        f"iteration {it}: the loss is not finite ({parts}); lower optim.lr"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.optim.clip_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad_norm)
-                opt.step()
-                it, position = it + 1, position + 1
-                bar.update(1)
-                window.append(loss.item())
-                if it % t.log_every == 0 or it == t.iterations:
-                    logger.log(iteration=it, epoch=epoch, lr=lr_at(cfg, it - 1), loss=sum(window) / len(window),
-                               **{k: v.item() for k, v in losses.items()})  # fmt: skip
-                    bar.set_postfix(loss=f"{sum(window) / len(window):.3f}")
-                    window = []
-                if t.eval_every and it % t.eval_every == 0 and it < t.iterations:
-                    evaluate_now()
-                if it % t.checkpoint_every == 0 and it < t.iterations:
-                    save(f"ckpt_{it:07d}.pt")
-            if position >= len(batches):
-                epoch, position = epoch + 1, 0
-    bar.close()
-    if it < t.iterations:
-        save(f"ckpt_{it:07d}.pt")
-        logger.log(event="interrupted", iteration=it)
+    try:
+        model.train()
+        interrupted = train_loop(run, step, lambda it: lr_at(cfg, it), run.evaluate, bar)
+        if interrupted is not None:
+            return interrupted
+        result = run.evaluate()
+        meter.stamp(state)
+        run.save("final.pt")
+    finally:
+        bar.close()
         logger.close()
-        return {"status": "interrupted", "iteration": it}
-    result = evaluate_now()
-    save("final.pt")
     save_detector(model, run_dir / "model.safetensors", cfg, train_set.classes)
     plot_map_curve(run_dir)
     summary = {
         "status": "finished", "name": cfg.name, "backbone": cfg.model.backbone,
-        "design": cfg.model.design, "iterations": it, "batch_size": t.batch_size,
+        "design": cfg.model.design, "iterations": state.iteration, "batch_size": t.batch_size,
         **{f"val_{k}": v for k, v in result.items()},
+        "wall_time_s": round(state.wall_time_s, 2), "train_time_s": round(state.train_time_s, 2),
+        "images_per_s": (state.iteration - state.untimed_iterations) * t.batch_size
+        / state.train_time_s if state.train_time_s else None,
         "device": describe_device(device), "code_version": code_version(),
         "torch_version": torch.__version__, "started": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }  # fmt: skip
     atomic_write(run_dir / "summary.json", json_bytes(summary))
-    logger.close()
     return summary
 
 

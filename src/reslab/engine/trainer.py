@@ -20,6 +20,7 @@ import resource
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,17 @@ class Meter:
     _since: float = field(default_factory=time.perf_counter)
     _images_since: int = 0
     _continued: int = field(default_factory=lambda: _CONTINUED[0])
+    _session: tuple[float, float] = (0.0, 0.0)  # (start of this session, wall time before it)
+
+    def begin(self, state: TrainState) -> None:
+        """This session's training starts now, from ``state``."""
+        self._session = (time.perf_counter(), state.wall_time_s)
+        self.resume()
+
+    def stamp(self, state: TrainState) -> None:
+        """Bring the run's wall time (all sessions, evaluation included) up to now."""
+        start, before = self._session
+        state.wall_time_s = before + time.perf_counter() - start
 
     def tick(self, state: TrainState) -> None:
         """Add the training time since the last tick (or resume) to the clocks."""
@@ -126,6 +138,7 @@ class Meter:
             self.train_s += now - self._since
             state.train_time_s += now - self._since
         self._since, self._images_since = now, self.images
+        self.stamp(state)
 
     def timed_images(self, world_size: int) -> int:
         """Images of this session whose time the clock counts (all processes)."""
@@ -476,46 +489,14 @@ def _train(
         total=t.iterations, initial=state.iteration, unit="it", desc=cfg.name or cfg.model.name,
         disable=not (progress and info.is_main), dynamic_ncols=True, mininterval=1.0,
     )  # fmt: skip
-    session_start, wall_base = time.perf_counter(), state.wall_time_s
     try:
         core.train()
-        step.start_epoch(state.epoch, state.position)
-        meter.resume()
-        with StopRequest() as stop:
-            while state.iteration < t.iterations:
-                step(schedule.lr(state.iteration))
-                if state.advance(len(step)):
-                    step.start_epoch(state.epoch)
-                meter.images += per_process
-                bar.update(1)
-                it, last = state.iteration, state.iteration == t.iterations
-
-                logged = it % t.log_every == 0 or last
-                if logged:  # also where divergence and the warm-up's end are noticed
-                    meter.tick(state)
-                    run.log_window(bar)
-                if t.eval_every and it % t.eval_every == 0 and not last:
-                    meter.tick(state)
-                    run.evaluate(data.eval)
-                    meter.resume()
-                if it % t.checkpoint_every == 0 and not last:
-                    meter.tick(state)
-                    state.wall_time_s = wall_base + time.perf_counter() - session_start
-                    run.save(f"ckpt_{it:07d}.pt")
-                    meter.resume()
-                # SIGINT/SIGTERM stop after this step; under DDP the processes agree on it at
-                # logging steps (a collective every step would cost a host synchronisation)
-                if (logged and run.anyone_stopping(stop)) if info.enabled else stop.requested:
-                    break
-        meter.tick(state)
-        state.wall_time_s = wall_base + time.perf_counter() - session_start
-        if state.iteration < t.iterations:
-            path = run.save(f"ckpt_{state.iteration:07d}.pt")
-            logger.log(event="interrupted", iteration=state.iteration)
-            return {"status": "interrupted", "iteration": state.iteration, "checkpoint": str(path)}
+        interrupted = train_loop(run, step, schedule.lr, lambda: run.evaluate(data.eval), bar)
+        if interrupted is not None:
+            return interrupted
         views = cfg.data.test_views if cfg.data.dataset == "imagefolder" else ""
         result = run.evaluate(data.final, views)
-        state.wall_time_s = wall_base + time.perf_counter() - session_start
+        meter.stamp(state)
         run.save("final.pt")
         if not info.is_main:
             return {"status": "finished", "rank": info.rank}
@@ -529,6 +510,54 @@ def _train(
     finally:
         bar.close()
         logger.close()
+
+
+def train_loop(run: Any, step: Any, lr: Callable[[int], float], evaluate: Callable[[], Any],
+               bar: tqdm) -> dict[str, Any] | None:  # fmt: skip
+    """The loop every run trains in (classification and detection alike), from ``run.state`` to
+    ``run.cfg.train.iterations``.
+
+    ``step(lr)`` trains on one batch (``step.start_epoch(epoch, start)`` sets the data order and
+    ``len(step)`` is the batches per epoch). Every ``train.log_every`` steps ``run.log_window(bar)``
+    logs the meter's window, every ``train.eval_every`` ``evaluate()`` runs and every
+    ``train.checkpoint_every`` ``run.save(name)`` writes a checkpoint; the meter's clock counts
+    the steps only. SIGINT/SIGTERM stop the run after the step with a checkpoint: the result is
+    then the interrupted run's summary, else None (the run reached its iterations).
+    """
+    t, state, meter = run.cfg.train, run.state, run.meter
+    step.start_epoch(state.epoch, state.position)
+    meter.begin(state)
+    with StopRequest() as stop:
+        while state.iteration < t.iterations:
+            step(lr(state.iteration))
+            if state.advance(len(step)):
+                step.start_epoch(state.epoch)
+            meter.images += meter.batch
+            bar.update(1)
+            it, last = state.iteration, state.iteration == t.iterations
+
+            logged = it % t.log_every == 0 or last
+            if logged:  # also where divergence and the warm-up's end are noticed
+                meter.tick(state)
+                run.log_window(bar)
+            if t.eval_every and it % t.eval_every == 0 and not last:
+                meter.tick(state)
+                evaluate()
+                meter.resume()
+            if it % t.checkpoint_every == 0 and not last:
+                meter.tick(state)
+                run.save(f"ckpt_{it:07d}.pt")
+                meter.resume()
+            # SIGINT/SIGTERM stop after this step; under DDP the processes agree on it at
+            # logging steps (a collective every step would cost a host synchronisation)
+            if (logged and run.anyone_stopping(stop)) if run.info.enabled else stop.requested:
+                break
+    meter.tick(state)
+    if state.iteration == t.iterations:
+        return None
+    path = run.save(f"ckpt_{state.iteration:07d}.pt")
+    run.logger.log(event="interrupted", iteration=state.iteration)
+    return {"status": "interrupted", "iteration": state.iteration, "checkpoint": str(path)}
 
 
 @dataclass

@@ -8,7 +8,7 @@ from fractions import Fraction
 import pytest
 
 from reslab.cli import main
-from reslab.experiments.reproduce import Run, parse_schedule, plan
+from reslab.experiments.reproduce import HOME, Run, parse_schedule, plan
 
 
 def test_schedule_scales_iterations_and_milestones_together():
@@ -31,6 +31,22 @@ def test_plan_and_errors():
     ]
     with pytest.raises(ValueError, match="no model 'plain20'"):
         plan("table6", Fraction(1), 1, ["plain20"])
+    # a run that several experiments name trains once, under its home: Fig. 6's residual nets and
+    # option A (the CIFAR default) are Table 6's runs
+    shared = plan("fig6", Fraction(1), 1, ["plain20", "resnet20"]) + plan("options", Fraction(1), 1, ["resnet32-A", "resnet32-B"])  # fmt: skip
+    assert [(r.experiment, r.name) for r in shared] == [
+        ("fig6", "plain20-seed0"),
+        ("table6", "resnet20-seed0"),
+        ("table6", "resnet32-seed0"),
+        ("options", "resnet32-B-seed0"),
+    ]
+    for experiment, model in HOME:  # the same training, apart from the run's name
+        home, there = HOME[experiment, model]
+        a = Run(experiment, model, 0, Fraction(1)).config(None, None)
+        b = Run(home, there, 0, Fraction(1)).config(None, None)
+        a.name = b.name
+        a.model.options.pop("shortcut", None)  # option A is the CIFAR nets' default
+        assert a.to_dict() == b.to_dict(), (experiment, model)
     with pytest.raises(ValueError, match="must be in"):
         parse_schedule("3/2")
     with pytest.raises(ValueError, match="expected a fraction"):
@@ -60,7 +76,7 @@ def test_reproduce_records_reduced_runs_and_report(data_dir, tmp_path, capsys):
         "train.checkpoint_every=5",
     ]
     assert main(args) == 0
-    run = tmp_path / "results" / "fig6" / "resnet20-seed0-sched1of6400"
+    run = tmp_path / "results" / "table6" / "resnet20-seed0-sched1of6400"  # Fig. 6's is Table 6's
     assert sorted(p.name for p in run.iterdir()) == [
         "config.yaml",
         "metrics.jsonl",
@@ -71,15 +87,17 @@ def test_reproduce_records_reduced_runs_and_report(data_dir, tmp_path, capsys):
     assert summary["schedule"] == "1/6400" and "reduced" in summary["protocol"]
     assert summary["command"].startswith("reslab reproduce fig6") and summary["iterations"] == 10
     report = (tmp_path / "results" / "README.md").read_text()
-    assert "| fig6 | resnet20 | 1/6400 | 8.75 |" in report
+    assert "| table6 | resnet20 | 1/6400 | 8.75 |" in report
     assert main(["report", "--results", str(tmp_path / "results")]) == 0
-    assert "fig6/resnet20-seed0-sched1of6400" in capsys.readouterr().out
+    assert "table6/resnet20-seed0-sched1of6400" in capsys.readouterr().out
+    assert (tmp_path / "results" / "table6" / "table6-sched1of6400.md").is_file()  # drawn too
 
     # the figure and its report, labelled as the reduced protocol
     fig_dir = tmp_path / "results" / "fig6"
     assert (fig_dir / "fig6-sched1of6400.png").stat().st_size > 10_000
     md = (fig_dir / "fig6-sched1of6400.md").read_text()
     assert "reduced schedule: 1/6400" in md and "| resnet20 |" in md and "| 8.75 |" in md
+    assert "`table6/resnet20-seed0-sched1of6400`" in md
     assert "Made by `reslab reproduce fig6 --schedule 1/6400 --only resnet20" in md
     curves = json.loads((fig_dir / "fig6-sched1of6400.json").read_text())["runs"]["resnet20"]
     assert [it for it, _ in curves["train"]][-1] == 10 and curves["test"][-1][0] == 10
@@ -151,7 +169,8 @@ def test_options_experiment_trains_each_shortcut_and_charts_them(data_dir, tmp_p
     md = (results / "options" / "options-sched1of6400.md").read_text()
     assert "| resnet32 | A |" in md and "| resnet32 | B |" in md and "ResNet-32: test error" in md
     ledger = (results / "README.md").read_text()
-    assert "| options | resnet32-A | 1/6400 | 7.51 |" in ledger  # Table 6's net is option A
+    assert "| table6 | resnet32 | 1/6400 | 7.51 |" in ledger  # option A is Table 6's run
+    assert record["resnet32-A"]["dir"] == "table6/resnet32-seed0-sched1of6400"
     assert "| options | resnet32-B | 1/6400 | - |" in ledger
     capsys.readouterr()
     evaluate = ["eval", str(run), "--device", "cpu", "--data-dir", str(data_dir)]

@@ -24,6 +24,7 @@ from reslab.engine.logging import read_jsonl
 from reslab.errors import MissingFileError
 from reslab.experiments import paper
 from reslab.experiments.ledger import collect, finished_runs, schedule_tag
+from reslab.experiments.reproduce import borrowed
 
 
 def _schedule_text(schedule: Fraction) -> str:
@@ -91,7 +92,7 @@ def fig6(results: str | Path, schedule: Fraction = Fraction(1), command: str = "
     plt = _pyplot()
 
     results = Path(results)
-    runs = finished_runs(results, schedule, "fig6")
+    runs = finished_runs(results, schedule, "fig6", borrowed=borrowed("fig6"))  # + Table 6's
     stem = f"fig6{schedule_tag(schedule)}"
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     data: dict[str, Any] = {"schedule": str(schedule), "runs": {}}
@@ -140,7 +141,9 @@ def _fig6_report(data: dict[str, Any], schedule: Fraction, stem: str) -> str:
         *_head(
             f"Fig. 6: training and test error of plain and residual nets ({_schedule_text(schedule)})",
             stem,
-            "Final model of each run (not the best point on the test set), CIFAR-10 test set, percent.",
+            "Final model of each run (not the best point on the test set), CIFAR-10 test set, "
+            "percent. The residual nets are Table 6's runs (the same protocol, trained once and "
+            "recorded under `table6/`; earlier reduced runs under `fig6/` still count).",
         ),
         "| model | ours: train error | ours: test error | paper: test error | device | run |",
         "|---|---|---|---|---|---|",
@@ -284,7 +287,7 @@ def options(results: str | Path, schedule: Fraction = Fraction(1), command: str 
     from reslab.models.complexity import count_params
 
     results = Path(results)
-    runs = finished_runs(results, schedule, "options")
+    runs = finished_runs(results, schedule, "options", borrowed=borrowed("options"))
     stem = f"options{schedule_tag(schedule)}"
     data: dict[str, Any] = {"schedule": str(schedule), "runs": {}}
     for model, summary in sorted(runs.items()):
@@ -329,7 +332,8 @@ def _options_report(data: dict[str, Any], schedule: Fraction, stem: str) -> str:
         "shortcut. Final model of each run, CIFAR-10 test set, percent. The paper compares the "
         "options on ImageNet only (Table 3, ResNet-34 top-1: A 25.03, B 24.52, C 24.19) and "
         "concludes that the small differences make projections unnecessary for the degradation "
-        "problem; on CIFAR it uses A.",
+        "problem; on CIFAR it uses A, so option A's runs are Table 6's (trained once, recorded "
+        "under `table6/`).",
         "",
         "| model | option | parameters | ours: train error | ours: test error | device | run |",
         "|---|---|---|---|---|---|---|",

@@ -70,23 +70,40 @@ def collect(results: str | Path) -> list[dict[str, Any]]:
 
 
 def finished_runs(
-    results: str | Path, schedule: Fraction, *experiments: str
+    results: str | Path,
+    schedule: Fraction,
+    *experiments: str,
+    borrowed: dict[str, tuple[str, str]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """model -> summary (``_dir`` its folder) of the finished seed-0 runs of ``schedule`` in the
-    first experiment, completed by the later ones (the first found of a model wins); a clear error
-    naming the command to run when there are none."""
-    wanted = "paper" if schedule == 1 else str(schedule)
+    first experiment, completed by the later ones (the first found of a model wins) and by the
+    ``borrowed`` runs kept under another experiment (model -> (experiment, its model there)); a
+    clear error naming the command to run when there are none."""
     runs: dict[str, dict[str, Any]] = {}
     for experiment in experiments:
-        for path in sorted((Path(results) / experiment).glob("*/summary.json")):
-            summary = json.loads(path.read_text())
-            if summary.get("status") != "finished" or summary.get("schedule") != wanted:
-                continue
-            if summary.get("seed", 0) == 0 and summary["model"] not in runs:
-                runs[summary["model"]] = {**summary, "_dir": path.parent}
+        for model, summary in _seed0_runs(results, schedule, experiment).items():
+            runs.setdefault(model, summary)
+    for model, (home, name) in (borrowed or {}).items():
+        found = _seed0_runs(results, schedule, home).get(name)
+        if found is not None and model not in runs:
+            runs[model] = found
     if not runs:
         raise MissingFileError(
             f"no finished {'/'.join(experiments)} runs of schedule {schedule} under {results}; "
             f"run `reslab reproduce {experiments[0]} --schedule {schedule}` first"
         )
+    return runs
+
+
+def _seed0_runs(results: str | Path, schedule: Fraction, experiment: str) -> dict[str, Any]:
+    """model -> summary of the finished seed-0 runs of ``schedule`` in ``results/experiment``
+    (a CPU run before a GPU run of the same model)."""
+    wanted = "paper" if schedule == 1 else str(schedule)
+    runs: dict[str, dict[str, Any]] = {}
+    for path in sorted((Path(results) / experiment).glob("*/summary.json")):
+        summary = json.loads(path.read_text())
+        if summary.get("status") != "finished" or summary.get("schedule") != wanted:
+            continue
+        if summary.get("seed", 0) == 0 and summary["model"] not in runs:
+            runs[summary["model"]] = {**summary, "_dir": path.parent}
     return runs

@@ -44,6 +44,19 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     for option in "ABC"
 }
 EXPERIMENTS["options"] = tuple(VARIANTS)
+# A run that several experiments name trains once, under its home experiment, where the ledger
+# records it and every figure that names it reads it: Fig. 6's residual nets are Table 6's runs
+# (the same config, seed and schedule), and option A of the options (the CIFAR default) is Table
+# 6's ResNet-32 and ResNet-56. (experiment, model) -> (home experiment, model there).
+HOME: dict[tuple[str, str], tuple[str, str]] = {
+    **{("fig6", f"resnet{depth}"): ("table6", f"resnet{depth}") for depth in (20, 32, 44, 56)},
+    **{("options", f"resnet{depth}-A"): ("table6", f"resnet{depth}") for depth in (32, 56)},
+}
+
+
+def borrowed(experiment: str) -> dict[str, tuple[str, str]]:
+    """The runs ``experiment`` reads from their home: model -> (home experiment, model there)."""
+    return {model: home for (name, model), home in HOME.items() if name == experiment}
 
 
 def parse_schedule(text: str) -> Fraction:
@@ -102,7 +115,8 @@ def plan(experiment: str, schedule: Fraction, seeds: int, only: list[str] | None
                 f"{experiment} has no model {unknown[0]!r}; its models: {', '.join(models)}"
             )
         models = tuple(m for m in models if m in only)
-    return [Run(experiment, m, s, schedule) for m in models for s in range(seeds)]
+    homes = [HOME.get((experiment, m), (experiment, m)) for m in models]
+    return [Run(home, m, s, schedule) for home, m in homes for s in range(seeds)]
 
 
 # Packed runs (reslab.engine.packed). On the 2-core CPU two processes of one thread each train
@@ -160,7 +174,7 @@ def reproduce(
     command = "reslab " + shlex.join(argv or ["reproduce", experiment])
     runs = plan(experiment, schedule, seeds, only)
     jobs = [
-        (run.config(data_dir, device, list(overrides)), Path(runs_dir) / experiment / run.name)
+        (run.config(data_dir, device, list(overrides)), Path(runs_dir) / run.experiment / run.name)
         for run in runs
     ]
     n = concurrency(concurrent, device, len(runs), seeds)
@@ -205,11 +219,11 @@ def queue_status(
     rows = []
     for run in plan(experiment, schedule, seeds, only):
         cfg = run.config(None, None)
-        entry = Path(results_dir) / experiment / run.name
+        entry = Path(results_dir) / run.experiment / run.name
         ledger = [tag for tag, suffix in (("CPU", ""), ("GPU", "-gpu")) if (entry.parent / f"{entry.name}{suffix}" / "summary.json").is_file()]  # fmt: skip
-        found = latest_checkpoint(Path(runs_dir) / experiment / run.name / "checkpoints")
+        found = latest_checkpoint(Path(runs_dir) / run.experiment / run.name / "checkpoints")
         done = found[0]["state"]["iteration"] if found else 0
-        row = {"run": f"{experiment}/{run.name}", "iterations": cfg.train.iterations,
+        row = {"run": f"{run.experiment}/{run.name}", "iterations": cfg.train.iterations,
                "checkpoint": done, "ledger": "+".join(ledger) or "-"}  # fmt: skip
         if speeds:
             images_per_s, how = _speed_of(cfg.model.name, cfg.model.options, speeds)
@@ -290,12 +304,14 @@ def reproduce_and_report(
     summaries = reproduce(trained, schedule, argv=argv, **kwargs)
     results, data_dir = kwargs.get("results_dir", "results"), kwargs.get("data_dir")
     command = "reslab " + shlex.join(argv or ["reproduce", experiment])
-    any_finished = any(s["status"] == "finished" for s in summaries)
+    finished = {s["name"].split("/")[0] for s in summaries if s["status"] == "finished"}
     written = []
     drawn = {"fig6": figures.fig6, "options": figures.options, "table6": figures.table6}
     drawn.update(resnet1202=figures.table6, preact=figures.table6)  # rows of Table 6
-    if trained in drawn and any_finished:
+    if trained in drawn and finished:
         written.append(drawn[trained](results, schedule, command))
+    if trained != "table6" and "table6" in finished:  # shared runs trained: Table 6 has them too
+        written.append(figures.table6(results, schedule, command))
     if experiment == "fig7" and all(s["status"] == "finished" for s in summaries):
         written.append(figures.fig7(results, schedule, data_dir, command=command))
     build(results)

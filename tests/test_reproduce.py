@@ -40,6 +40,21 @@ def test_plan_and_errors():
         ("table6", "resnet32-seed0"),
         ("options", "resnet32-B-seed0"),
     ]
+    # the whole CIFAR-10 section but ResNet-1202: each run once, ResNet-110 over the paper's 5 seeds
+    section = plan("cifar", Fraction(1), 1, None)
+    names = [f"{r.experiment}/{r.name}" for r in section]
+    assert len(names) == len(set(names)) == 17 and "table6/resnet110-seed4" in names
+    assert {r.experiment for r in section} == {"table6", "fig6", "options"}
+    assert [r.name for r in plan("cifar", Fraction(1), 2, ["plain20", "resnet56-A"])] == [
+        "plain20-seed0",
+        "plain20-seed1",
+        "resnet56-seed0",
+        "resnet56-seed1",
+    ]  # fmt: skip (Fig. 6's, then the options' option A: Table 6's ResNet-56)
+    with pytest.raises(ValueError, match="cifar has no model 'resnet1202'"):
+        plan("cifar", Fraction(1), 1, ["resnet1202"])
+    with pytest.raises(ValueError, match=r"valid choices: .*cifar"):
+        plan("table7", Fraction(1), 1, None)
     for experiment, model in HOME:  # the same training, apart from the run's name
         home, there = HOME[experiment, model]
         a = Run(experiment, model, 0, Fraction(1)).config(None, None)
@@ -253,6 +268,11 @@ def test_dry_run_lists_the_queue_and_projects_its_time(tmp_path, capsys):
     packed.write_text(json.dumps({"results": rows}))
     assert main([*args, "--only", "resnet20", "--throughput", str(packed)]) == 0
     assert "34.1 min  (measured)" in capsys.readouterr().out  # 136.5 min at 4x
+    # the whole section, each run once: its total is what a GPU loan plan needs
+    section = ["reproduce", "cifar", "--dry-run", "--results", str(results), "--runs-dir", str(tmp_path / "runs")]  # fmt: skip
+    assert main([*section, "--throughput", str(record)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 + 17 + 1 and sum(" GPU " in line for line in lines) == 1
     (tmp_path / "bad.json").write_text("[]")
     assert main([*args, "--throughput", str(tmp_path / "bad.json")]) == 2
     assert "not a `reslab bench train` record" in capsys.readouterr().err

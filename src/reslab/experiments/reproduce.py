@@ -1,6 +1,7 @@
 """``reslab reproduce NAME``: the paper's CIFAR-10 experiments as resumable runs, recorded in the ledger.
 
     uv run reslab reproduce fig6 --schedule 1/8 --only plain20 resnet20
+    uv run reslab reproduce cifar --dry-run    # the whole CIFAR-10 section: each run, what is left
 
 Each run trains the config ``cifar10/<model>`` (its checkpoints under ``runs/reproduce/``; running
 the same command again resumes it) and, once finished, is recorded in ``results/<experiment>/<run>/``:
@@ -54,6 +55,12 @@ HOME: dict[tuple[str, str], tuple[str, str]] = {
 }
 
 
+# The paper's whole CIFAR-10 section but ResNet-1202 (which no device loan fits), every run once:
+# ``reslab reproduce cifar``. ResNet-110 trains over 5 seeds there, as the paper reports it.
+SECTIONS: dict[str, tuple[str, ...]] = {"cifar": ("table6", "fig6", "options")}
+PAPER_SEEDS: dict[str, int] = {"resnet110": 5}
+
+
 def borrowed(experiment: str) -> dict[str, tuple[str, str]]:
     """The runs ``experiment`` reads from their home: model -> (home experiment, model there)."""
     return {model: home for (name, model), home in HOME.items() if name == experiment}
@@ -103,20 +110,30 @@ class Run:
 
 
 def plan(experiment: str, schedule: Fraction, seeds: int, only: list[str] | None) -> list[Run]:
-    if experiment not in EXPERIMENTS:
-        raise ConfigError(
-            f"unknown experiment {experiment!r}; valid choices: {', '.join(EXPERIMENTS)}"
-        )
-    models = EXPERIMENTS[experiment]
+    """The runs of ``experiment`` (``seeds`` per model; in a section such as ``cifar``, at least
+    the paper's count), each once: a run that another experiment owns (:data:`HOME`) is planned
+    under its home."""
+    parts = SECTIONS.get(experiment, (experiment,))
+    if any(part not in EXPERIMENTS for part in parts):
+        choices = ", ".join([*EXPERIMENTS, *SECTIONS])
+        raise ConfigError(f"unknown experiment {experiment!r}; valid choices: {choices}")
+    models = [(part, m) for part in parts for m in EXPERIMENTS[part]]
     if only:
-        unknown = [m for m in only if m not in models]
+        names = list(dict.fromkeys(m for _, m in models))
+        unknown = [m for m in only if m not in names]
         if unknown:
             raise ConfigError(
-                f"{experiment} has no model {unknown[0]!r}; its models: {', '.join(models)}"
+                f"{experiment} has no model {unknown[0]!r}; its models: {', '.join(names)}"
             )
-        models = tuple(m for m in models if m in only)
-    homes = [HOME.get((experiment, m), (experiment, m)) for m in models]
-    return [Run(home, m, s, schedule) for home, m in homes for s in range(seeds)]
+        models = [(part, m) for part, m in models if m in only]
+    runs = {}
+    for part, model in models:
+        home, name = HOME.get((part, model), (part, model))
+        n = max(seeds, PAPER_SEEDS.get(model, 1)) if experiment in SECTIONS else seeds
+        for seed in range(n):
+            run = Run(home, name, seed, schedule)
+            runs.setdefault((run.experiment, run.name), run)
+    return list(runs.values())
 
 
 # Packed runs (reslab.engine.packed). On the 2-core CPU two processes of one thread each train
@@ -304,15 +321,23 @@ def reproduce_and_report(
     summaries = reproduce(trained, schedule, argv=argv, **kwargs)
     results, data_dir = kwargs.get("results_dir", "results"), kwargs.get("data_dir")
     command = "reslab " + shlex.join(argv or ["reproduce", experiment])
-    finished = {s["name"].split("/")[0] for s in summaries if s["status"] == "finished"}
+    finished = [s for s in summaries if s["status"] == "finished"]
     written = []
     drawn = {"fig6": figures.fig6, "options": figures.options, "table6": figures.table6}
     drawn.update(resnet1202=figures.table6, preact=figures.table6)  # rows of Table 6
-    if trained in drawn and finished:
-        written.append(drawn[trained](results, schedule, command))
-    if trained != "table6" and "table6" in finished:  # shared runs trained: Table 6 has them too
-        written.append(figures.table6(results, schedule, command))
+    # every figure that shows a run just finished: the command's own, and Table 6 for its runs
+    # that the command borrowed
+    for part in dict.fromkeys([*SECTIONS.get(trained, (trained,)), "table6"]):
+        if part in drawn and any(_shows(part, s) for s in finished):
+            written.append(drawn[part](results, schedule, command))
     if experiment == "fig7" and all(s["status"] == "finished" for s in summaries):
         written.append(figures.fig7(results, schedule, data_dir, command=command))
     build(results)
     return summaries, [*written, Path(results) / "README.md"]
+
+
+def _shows(figure: str, summary: dict[str, Any]) -> bool:
+    """Whether the figure of experiment ``figure`` shows the run of ``summary``: its own, or one
+    it borrows from Table 6."""
+    experiment = summary["name"].split("/")[0]
+    return experiment == figure or (experiment, summary["model"]) in borrowed(figure).values()

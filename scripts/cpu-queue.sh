@@ -13,9 +13,12 @@ cd "$(dirname "$0")/.." || exit 1
 RUNS=${RUNS:-/work/runs}
 mkdir -p "$RUNS"
 export RESLAB_DATA=${RESLAB_DATA:-../shared/data}
-uv run reslab reproduce table6 --only resnet56 --runs-dir "$RUNS" --no-progress >> "$RUNS/cpu-queue.log" 2>&1 &&
-# the ledger entry re-evaluated from its weights (the same test error as its summary), and the
-# weights index rebuilt with it: what the next session checks and commits
-uv run reslab eval results/table6/resnet56-seed0 --device cpu >> "$RUNS/cpu-queue-reeval.log" 2>&1 &&
-uv run reslab report --verify >> "$RUNS/cpu-queue-reeval.log" 2>&1 &&
+# ResNet-56 first, unless the ledger holds it already (finished 2026-11-26): then straight to Fig. 6
+if [ ! -f results/table6/resnet56-seed0/summary.json ]; then
+    uv run reslab reproduce table6 --only resnet56 --runs-dir "$RUNS" --no-progress >> "$RUNS/cpu-queue.log" 2>&1 &&
+    # the ledger entry re-evaluated from its weights (the same test error as its summary), and the
+    # weights index rebuilt with it: what the next session checks and commits
+    uv run reslab eval results/table6/resnet56-seed0 --device cpu >> "$RUNS/cpu-queue-reeval.log" 2>&1 &&
+    uv run reslab report --verify >> "$RUNS/cpu-queue-reeval.log" 2>&1 || exit 1
+fi
 uv run reslab reproduce fig6 --only plain20 plain56 --runs-dir "$RUNS" --no-progress >> "$RUNS/cpu-queue-plain.log" 2>&1

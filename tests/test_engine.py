@@ -83,7 +83,7 @@ def test_configs_load_and_compose():
         (["model.name=resnet21"], "model.name: unknown model 'resnet21'"),
         (["model.options={dropout: 0.1}"], "model.options: 'dropout' is not an option"),
         (["optim.milestones=[48000, 32000]"], "must be increasing"),
-        (["train.precision=fp16"], "valid choices: bf16, fp32"),
+        (["train.precision=fp16"], "valid choices: auto, bf16, fp32"),
         (["iterations"], "expected key=value"),
         (["train.compile=maybe"], "train.compile: 'maybe' is invalid; valid choices: auto"),
         (["train.compile_mode=fast"], "valid choices: auto, default, reduce-overhead"),
@@ -174,6 +174,39 @@ def test_interrupted_and_resumed_run_is_bit_identical(tiny_config, tmp_path, mon
     assert [(r["iteration"], r["train_loss"]) for r in logs] == [
         (r["iteration"], r["train_loss"]) for r in ref
     ]
+
+
+@pytest.mark.parametrize(
+    ("native", "device", "expected"),
+    [(True, "cpu", "bf16"), (False, "cpu", "fp32"), (False, "cuda", "bf16")],
+)
+def test_precision_auto_follows_the_cpu(monkeypatch, native, device, expected):
+    """auto: bf16 where it is native (CUDA, AVX512-BF16 or AMX CPUs), fp32 on other CPUs."""
+    monkeypatch.setattr(runtime, "native_bf16", lambda: native)
+    assert load_config("cifar10/resnet20").train.precision == "auto"
+    precision, why = runtime.resolve_precision("auto", torch.device(device))
+    assert precision == expected and why.startswith("auto: ")
+    assert runtime.resolve_precision("fp32", torch.device(device)) == ("fp32", "train.precision")
+
+
+def test_a_run_keeps_its_precision_on_another_cpu(tiny_config, tmp_path, interrupt_after):
+    """The choice is recorded in the checkpoint and the summary; a run started with native bf16
+    and resumed on a CPU without it stays bf16 (and the other way round)."""
+    for native in (True, False):
+        run_dir = tmp_path / f"native-{native}"
+        runtime_patch = pytest.MonkeyPatch()
+        runtime_patch.setattr(runtime, "native_bf16", lambda n=native: n)
+        interrupt_after(4)
+        assert fit(tiny_config(), run_dir, progress=False)["status"] == "interrupted"
+        runtime_patch.setattr(runtime, "native_bf16", lambda n=native: not n)
+        summary = fit(tiny_config(), run_dir, progress=False)
+        runtime_patch.undo()
+        assert summary["precision"] == ("bf16" if native else "fp32")
+        assert "native bf16" in summary["precision_choice"]
+        assert (
+            load_checkpoint(run_dir / "checkpoints" / "final.pt")["precision"]
+            == summary["precision"]
+        )
 
 
 def test_run_directory_contents(tiny_config, tmp_path):

@@ -115,7 +115,9 @@ class TrainConfig:
     batch_size: PositiveInt = 128  # global batch size
     seed: Annotated[int, Range(0, 2**32 - 1)] = 0  # initialisation, data order and augmentation
     device: Device = "auto"  # "auto" (cuda when present), "cpu" or "cuda"
-    precision: Literal["bf16", "fp32"] = "bf16"  # training autocast (evaluation is always fp32)
+    # training autocast (evaluation is always fp32); auto: bf16 on CUDA and on CPUs with native
+    # bf16 (AVX512-BF16 or AMX), else fp32 (emulated bf16 is slower); a run keeps its choice
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: bool = True  # NHWC memory format (faster on CPU and tensor cores)
     compile: Switch = "auto"  # torch.compile the model; auto: on CUDA only (no gain on CPU)
     # auto: "reduce-overhead" (CUDA graphs) on CUDA, else "default"

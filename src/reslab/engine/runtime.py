@@ -63,6 +63,26 @@ def code_version() -> str:
         return f"reslab-{reslab.__version__}"
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles), by PyTorch's own check."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(setting: str, device: torch.device) -> tuple[str, str]:
+    """(precision, why) of ``train.precision``: "bf16" and "fp32" as given; "auto" is bf16 on
+    CUDA and on CPUs with native bf16, fp32 on other CPUs, where PyTorch's bf16 kernels emulate
+    it and run slower than fp32 (3x slower ResNet-20 steps on an AVX-512 Xeon without
+    AVX512-BF16, 2026-11-29; pytorch/pytorch#118499)."""
+    if setting != "auto":
+        return setting, "train.precision"
+    if device.type == "cuda":
+        return "bf16", "auto: CUDA"
+    if native_bf16():
+        return "bf16", "auto: this CPU has native bf16 (AVX512-BF16 or AMX)"
+    return "fp32", "auto: this CPU has no native bf16 (no AVX512-BF16, no AMX)"
+
+
 def autocast(device: torch.device, precision: str):
     """The autocast context of ``precision`` ("bf16" or "fp32") on ``device``."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -64,6 +64,7 @@ from reslab.engine.runtime import (
     cudnn_autotune,
     describe_device,
     resolve_device,
+    resolve_precision,
 )
 from reslab.engine.step import train_step
 from reslab.engine.weights import save_weights
@@ -314,11 +315,13 @@ def graph_compile_mode(cfg: Config, device: torch.device) -> str | None:
     return "default" if mode == "reduce-overhead" else mode
 
 
-def make_step(cfg, core, optimizer, loader, window, info, device, stack=None):
-    """The run's training step, chosen once: stacked with other runs where ``stack`` (a
-    :class:`~reslab.engine.stacked.Seat`) is given, else the whole step as one CUDA graph where
+def make_step(cfg, core, optimizer, loader, window, info, device, stack=None, precision=None):
+    """The run's training step in ``precision`` (default: ``train.precision`` resolved), chosen
+    once: stacked with other runs where ``stack`` (a :class:`~reslab.engine.stacked.Seat`) is
+    given, else the whole step as one CUDA graph where
     that applies, else eager (wrapped for DDP under torchrun, compiled where ``train.compile``
     says so). Returns (step, description for the summary)."""
+    precision = precision or resolve_precision(cfg.train.precision, device)[0]
     if stack is not None:
         from reslab.engine.stacked import StackedStep
 
@@ -327,14 +330,14 @@ def make_step(cfg, core, optimizer, loader, window, info, device, stack=None):
                 "stacked runs (--pack stacked) train CIFAR in one process, uncompiled: set "
                 "train.compile to auto, or pack these runs as streams or processes"
             )
-        step = StackedStep(stack, core, optimizer, loader, window, cfg.train.precision)
+        step = StackedStep(stack, core, optimizer, loader, window, precision)
         graph = "whole stacked step" if stack.group.replay.capture else "off"
         return step, {"compile": "off", "cuda_graph": graph, "packing": "stacked"}
     if use_cuda_graph(cfg, info, device):
         from reslab.engine.graphed import GraphedStep
 
         mode = graph_compile_mode(cfg, device)
-        step = GraphedStep(core, optimizer, loader, window, cfg.train.precision, compile_mode=mode)
+        step = GraphedStep(core, optimizer, loader, window, precision, compile_mode=mode)
         return step, {
             "compile": mode or "off",
             "cuda_graph": "whole step" if step.capture else "eager",
@@ -350,7 +353,7 @@ def make_step(cfg, core, optimizer, loader, window, info, device, stack=None):
     mode = _compile_mode(cfg, device)
     if mode is not None:
         model = torch.compile(model, mode=mode, dynamic=False)  # training shapes are fixed
-    step = EagerStep(model, optimizer, loader, window, cfg.train.precision)
+    step = EagerStep(model, optimizer, loader, window, precision)
     return step, {"compile": mode or "off", "cuda_graph": "off"}
 
 
@@ -467,8 +470,11 @@ def _train(
     per_process = t.batch_size // info.world_size
     meter = Meter(torch.zeros(3, device=device, dtype=torch.float64), per_process)
     state = TrainState()
+    precision = resolve_precision(t.precision, device)
     if resumed is not None:
         ckpt, _ = resumed
+        if "precision" in ckpt:  # a run keeps the precision it started with, on any machine
+            precision = (ckpt["precision"], ckpt["precision_choice"])
         core.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         schedule.load_state_dict(ckpt["schedule"])
@@ -476,7 +482,10 @@ def _train(
         if info.is_main:  # the saved window already holds the sum over processes
             meter.window.copy_(ckpt["window"])
         set_rng_state(ckpt["rng"])
-    step, step_kind = make_step(cfg, core, optimizer, data.train, meter.window, info, device, stack)
+    step, step_kind = make_step(
+        cfg, core, optimizer, data.train, meter.window, info, device, stack, precision[0]
+    )
+    step_kind.update(precision=precision[0], precision_choice=precision[1])
     tb_dir = run_dir / "tensorboard" if _tensorboard(t.tensorboard) else None
     logger = JsonlLogger(run_dir / "metrics.jsonl", enabled=info.is_main, tensorboard_dir=tb_dir)
     logger.truncate_after(state.iteration if resumed else -1)
@@ -484,7 +493,9 @@ def _train(
         logger.log(event="resume", iteration=state.iteration, code_version=version)
     if started_from is not None:
         logger.log(event="init", iteration=0, **started_from)
-    run = _Run(cfg, run_dir, info, core, optimizer, schedule, state, meter, logger, version)
+    run = _Run(
+        cfg, run_dir, info, core, optimizer, schedule, state, meter, logger, version, precision
+    )
     bar = tqdm(
         total=t.iterations, initial=state.iteration, unit="it", desc=cfg.name or cfg.model.name,
         disable=not (progress and info.is_main), dynamic_ncols=True, mininterval=1.0,
@@ -574,6 +585,7 @@ class _Run:
     meter: Meter
     logger: JsonlLogger
     version: str
+    precision: tuple[str, str] = ("fp32", "train.precision")  # (precision, how it was chosen)
 
     def log_window(self, bar: tqdm) -> None:
         """Log the window's loss and error; stop a run whose loss is no longer finite; end the
@@ -642,6 +654,8 @@ class _Run:
             "config": self.cfg.to_dict(),
             "code_version": self.version,
             "world_size": self.info.world_size,
+            "precision": self.precision[0],
+            "precision_choice": self.precision[1],
         }
         checkpoints = self.run_dir / "checkpoints"
         path = atomic_save(payload, checkpoints / name)
@@ -752,7 +766,6 @@ def _summary(cfg, state, meter, result, info, device, step_kind, schedule, versi
         **meter.steady(info.world_size),
         "device": describe_device(device)
         + (f" x {info.world_size} processes" if info.enabled else ""),
-        "precision": t.precision,
         **step_kind,
         "channels_last": t.channels_last,
         "seed": t.seed,

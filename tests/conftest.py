@@ -151,6 +151,21 @@ def http_server():
         server.httpd.shutdown()
 
 
+def pytest_configure(config):
+    """The CPU queue (``reslab queue run``) pauses while the tests run: two jobs of two threads on
+    two cores run several times slower each. A detached watcher resumes it when this process
+    ends, however it ends."""
+    from reslab.experiments import queue
+
+    queue.pause(os.getpid())
+
+
+def pytest_unconfigure(config):
+    from reslab.experiments import queue
+
+    queue.release(os.getpid())
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -157,6 +157,29 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return max(codes, default=0)
 
 
+def cmd_queue(args: argparse.Namespace) -> int:
+    from reslab.experiments import queue
+
+    if args.verb == "run":
+        return queue.run_queue(
+            args.queue, results_dir=args.results, runs_dir=args.runs_dir, data_dir=args.data_dir
+        )
+    if args.verb == "status":
+        entries, rows = queue.queue_status(
+            args.queue, results_dir=args.results, runs_dir=args.runs_dir
+        )
+        print(queue.format_status(entries, rows))
+    elif args.verb == "pause":
+        running = queue.pause(args.holder or os.getppid())
+        print(
+            f"paused {running} running queue(s) until process {args.holder or os.getppid()} exits"
+        )
+    else:
+        queue.release()
+        print("resumed")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from reslab.experiments.report import build
 
@@ -174,9 +197,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from reslab.bench import run_and_record, table
+    from reslab.experiments.queue import paused
 
     command = "reslab " + shlex.join(args.argv)
-    rows, path, kind = run_and_record(args.kind, args.out, command, args.note, vars(args))
+    with paused():  # a queued run training beside the benchmark would falsify both
+        rows, path, kind = run_and_record(args.kind, args.out, command, args.note, vars(args))
     print(f"{table(kind, rows)}\nwrote {path}")
     return 0
 
@@ -250,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="the ledger")
     p.add_argument("--dry-run", action="store_true", help="train nothing: list the runs, their checkpoints and ledger entries")  # fmt: skip
     p.add_argument("--throughput", help="with --dry-run: a `reslab bench train` record whose images/s project the remaining time (a --concurrent record: its best packed aggregate)")  # fmt: skip
+    p = command("queue", cmd_queue, "the CPU queue of results/queue.yaml: run it, see it, pause it", data=True)  # fmt: skip
+    p.add_argument("verb", choices=["run", "status", "pause", "resume"],
+                   help="run: train the unfinished runs in order; status: each run's state and the "
+                   "CPU-hours left; pause: stop the running queue until --while exits; resume: end every pause")  # fmt: skip
+    p.add_argument("--queue", default="results/queue.yaml", help="the queue file")
+    p.add_argument("--results", default="results", help="the ledger")
+    p.add_argument("--runs-dir", default="results/inflight", help="where in-flight runs live (tracked by git)")  # fmt: skip
+    p.add_argument("--while", dest="holder", type=_positive, help="pause: until this process exits (default: the calling shell)")  # fmt: skip
     p = command("report", cmd_report, "rebuild results/README.md (and the weights index) from the ledger", data=True)  # fmt: skip
     p.add_argument("--results", default="results", help="the ledger")
     p.add_argument("--verify", action="store_true", help="re-evaluate the runs' weights not checked yet (for the index)")  # fmt: skip

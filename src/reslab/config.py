@@ -415,7 +415,7 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 # Keys that say where a run executes or what it writes besides the run, not what it computes: a
 # run may resume with other values.
-MACHINE_KEYS = ("data.data_dir", "data.workers", "train.tensorboard")
+MACHINE_KEYS = ("data.data_dir", "data.workers", "train.tensorboard", "train.keep_checkpoints")
 
 
 def config_diff(old: Any, new: Any) -> list[str]:

@@ -25,6 +25,15 @@ def schedule_tag(schedule: Fraction) -> str:
     return "" if schedule == 1 else f"-sched{schedule.numerator}of{schedule.denominator}"
 
 
+def recorded(run: Any, results: str | Path) -> Path | None:
+    """The ledger folder of ``run`` (its CPU entry, else its GPU one), None when not recorded."""
+    entry = Path(results) / run.experiment / run.name
+    for folder in (entry, entry.parent / f"{entry.name}-gpu"):
+        if (folder / "summary.json").is_file():
+            return folder
+    return None
+
+
 def record(run: Any, run_dir: Path, results: Path, command: str, **extra: Any) -> Path:
     """Copy a finished run into the ledger, with the protocol stated in its summary (``extra``
     keys, such as a note, are added to it). A run already recorded (the same finish date) is left

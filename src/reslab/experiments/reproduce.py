@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from reslab.config import Config, ConfigError, load_config
-from reslab.experiments.ledger import record, schedule_tag
+from reslab.experiments.ledger import record, recorded, schedule_tag
 
 # the models of each experiment
 EXPERIMENTS: dict[str, tuple[str, ...]] = {
@@ -178,8 +178,10 @@ def reproduce(
     restart: bool = False,
     concurrent: int | str = 1,
     pack: str = "auto",
+    skip_recorded: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train (or resume) every run of ``experiment`` and record the finished ones in the ledger.
+    """Train (or resume) every run of ``experiment`` and record the finished ones in the ledger;
+    with ``skip_recorded``, the runs the ledger holds already are left out (the queue's way).
 
     Each run follows the engine's resume rules: a run directory holding another config is refused
     (naming the keys), unless ``restart`` starts it over. With ``concurrent`` > 1 (or "auto") the
@@ -190,6 +192,10 @@ def reproduce(
 
     command = "reslab " + shlex.join(argv or ["reproduce", experiment])
     runs = plan(experiment, schedule, seeds, only)
+    if skip_recorded:
+        runs = [run for run in runs if recorded(run, results_dir) is None]
+    if not runs:
+        return []
     jobs = [
         (run.config(data_dir, device, list(overrides)), Path(runs_dir) / run.experiment / run.name)
         for run in runs
@@ -243,7 +249,7 @@ def queue_status(
         row = {"run": f"{run.experiment}/{run.name}", "iterations": cfg.train.iterations,
                "checkpoint": done, "ledger": "+".join(ledger) or "-"}  # fmt: skip
         if speeds:
-            images_per_s, how = _speed_of(cfg.model.name, cfg.model.options, speeds)
+            images_per_s, how = scaled_speed(cfg.model.name, cfg.model.options, speeds)
             remaining = cfg.train.iterations - done
             row.update(images_per_s=round(images_per_s), speed=how,
                        projected_s=remaining * cfg.train.batch_size / images_per_s)  # fmt: skip
@@ -287,25 +293,31 @@ def _measured_speeds(path: str | Path) -> dict[str, float]:
         ) from None
 
 
-def _speed_of(model: str, options: dict[str, Any], speeds: dict[str, float]) -> tuple[float, str]:
-    """(images/s, "measured" or "scaled from <model>") of ``model``."""
-    if model in speeds and not options:
+def scaled_speed(
+    model: str, options: dict[str, Any], speeds: dict[str, float], size: int | None = None
+) -> tuple[float, str]:
+    """(images/s, "measured" or "scaled from <model>") of ``model`` (at input ``size``, default
+    its own) from measured ``speeds`` (model -> images/s at its default size): a model measured
+    as it is keeps its speed, any other takes the nearest one's scaled by multiply-adds."""
+    if model in speeds and not options and size is None:
         return speeds[model], "measured"
-    macs = _macs(model, tuple(sorted(options.items())))
-    nearest = min(speeds, key=lambda m: abs(_macs(m, ()) - macs))
-    return speeds[nearest] * _macs(nearest, ()) / macs, f"scaled from {nearest}"
+    macs = _macs(model, tuple(sorted(options.items())), size)
+    nearest = min(speeds, key=lambda m: abs(_macs(m, (), None) - macs))
+    return speeds[nearest] * _macs(nearest, (), None) / macs, f"scaled from {nearest}"
 
 
 _MACS: dict[tuple, int] = {}
 
 
-def _macs(model: str, options: tuple) -> int:
-    if (model, options) not in _MACS:
+def _macs(model: str, options: tuple, size: int | None) -> int:
+    if (model, options, size) not in _MACS:
         from reslab.models import create_model
         from reslab.models.complexity import complexity
 
-        _MACS[model, options] = complexity(create_model(model, **dict(options))).macs
-    return _MACS[model, options]
+        net = create_model(model, **dict(options))
+        shape = (net.default_input_size[0], size, size) if size else None
+        _MACS[model, options, size] = complexity(net, shape).macs
+    return _MACS[model, options, size]
 
 
 def reproduce_and_report(

@@ -115,10 +115,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from reslab.engine.predict import predict
 
     predictions, bad = predict(args.weights, args.images, args.topk, args.device)
-    for path, top in predictions:
-        print(f"{path}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in top))
-    for line in bad:
-        print(f"reslab predict: skipped {line}", file=sys.stderr)
+    try:
+        for path, top in predictions:
+            print(f"{path}: " + ", ".join(f"{name} {100 * p:.1f}%" for name, p in top))
+    finally:  # also before the error of a folder where no image could be read
+        for line in bad:
+            print(f"reslab predict: skipped {line}", file=sys.stderr)
     return 0
 
 

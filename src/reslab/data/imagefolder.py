@@ -8,11 +8,12 @@ device, mean subtraction and AlexNet's PCA lighting noise. Testing: shorter side
 224 crop; 10-crop (four corners and the centre, and their mirror images); fully-convolutional
 multi-scale testing with shorter sides {224, 256, 384, 480, 640} (see ``reslab.engine.evaluate``).
 
-Images are decoded by ``torchvision.io`` in ``DataLoader`` workers; greyscale and CMYK JPEGs become
-RGB. A file that cannot be decoded, or whose header announces more than :data:`MAX_PIXELS` pixels
-(decoding it would take gigabytes), raises :class:`CorruptImageError` naming it, or, with
-``on_error="skip"`` (the config's ``data.skip_corrupt``), is left out of its batch and listed in the
-loader's ``skipped``.
+Images are decoded by ``torchvision.io`` in ``DataLoader`` workers into one 8-bit RGB frame
+(:func:`decode`): greyscale, palette, alpha and CMYK become RGB, 16-bit PNGs 8-bit, animated GIFs
+their first frame. A file that cannot be decoded, or whose header announces more than
+:data:`MAX_PIXELS` pixels (decoding it would take gigabytes), raises :class:`CorruptImageError`
+naming it, or, with ``on_error="skip"`` (the config's ``data.skip_corrupt``), is left out of its
+batch and listed in the loader's ``skipped``.
 """
 
 from __future__ import annotations
@@ -82,8 +83,10 @@ def scan_folder(root: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
 
 
 def decode(path: str | Path) -> torch.Tensor:
-    """An image file as uint8 RGB 3 x H x W; :class:`CorruptImageError` (naming it) for a file
-    that is no image, is damaged, or has more than :data:`MAX_PIXELS` pixels."""
+    """An image file as uint8 RGB 3 x H x W: one frame (an animated GIF or WebP gives its first),
+    8 bits per channel (16-bit PNGs rescaled, rounded), greyscale, palette, alpha and CMYK made RGB
+    (alpha dropped). :class:`CorruptImageError` (naming the file) for a file that is no image, is
+    damaged, has more than :data:`MAX_PIXELS` pixels, or decodes to anything else."""
     from PIL import Image
 
     try:
@@ -91,6 +94,9 @@ def decode(path: str | Path) -> torch.Tensor:
         with Image.open(io.BytesIO(data.numpy().tobytes())) as header:  # reads the header only
             size = "{}x{} ({:.0f} megapixels)".format(*header.size, math.prod(header.size) / 1e6)
             too_large = math.prod(header.size) > MAX_PIXELS
+            # torchvision decodes every frame of a GIF and refuses animated WebP (an APNG it
+            # decodes as its first frame)
+            animated = header.format in ("GIF", "WEBP") and getattr(header, "is_animated", False)
     except Image.DecompressionBombError as err:  # PIL's own check, at twice its limit
         size, too_large = str(err).split(" exceeds")[0].lower(), True
     except (RuntimeError, OSError, ValueError) as err:
@@ -101,9 +107,27 @@ def decode(path: str | Path) -> torch.Tensor:
             "(reslab.data.imagefolder.MAX_PIXELS); downscale it"
         )
     try:
-        return decode_image(data, mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError) as err:
+        image = _first_frame(data) if animated else decode_image(data, mode=ImageReadMode.RGB)
+    except (RuntimeError, OSError, ValueError) as err:
         raise CorruptImageError(f"cannot decode image {path}: {str(err).splitlines()[0]}") from None
+    if image.dtype == torch.uint16:  # a 16-bit PNG, 0..65535: to 0..255, rounded
+        image = ((image.int() * 255 + 65535 // 2) // 65535).to(torch.uint8)
+    if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+        raise CorruptImageError(
+            f"image {path} decodes to {image.dtype} {tuple(image.shape)}, not one 8-bit RGB "
+            "frame; save it as an 8-bit RGB PNG or JPEG"
+        )
+    return image
+
+
+def _first_frame(data: torch.Tensor) -> torch.Tensor:
+    """The first frame of an animated GIF or WebP (its encoded bytes, uint8 1-d) as uint8 RGB
+    3 x H x W, decoded by PIL."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
+        image.seek(0)
+        return TF.pil_to_tensor(image.convert("RGB"))
 
 
 def resize_shorter(image: torch.Tensor, size: int) -> torch.Tensor:

@@ -4,7 +4,9 @@
 
 Each image is prepared as the weights' own test view (CIFAR: resized to 32x32; image folders: the
 shorter side resized and the centre crop taken) and normalised with the statistics stored beside
-the weights. In a folder, files that are not readable images are listed and the rest predicted.
+the weights. In a folder, files that are not readable images are listed and the rest predicted;
+a folder where no file could be read is an error. A detector (a run of ``reslab detect train``) is
+refused, naming ``reslab detect eval``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from reslab.data.imagefolder import IMG_EXTENSIONS, CenterCrop, CorruptImageError, decode
-from reslab.errors import ConfigError, DataError, MissingFileError
+from reslab.errors import ConfigError, DataError, MissingFileError, WeightsError
 
 Prediction = tuple[Path, list[tuple[str, float]]]  # an image and its (class, probability) pairs
 
@@ -34,6 +36,23 @@ def image_files(target: str | Path) -> list[Path]:
     return files
 
 
+def refuse_detector(source: str | Path) -> None:
+    """:class:`WeightsError` naming ``reslab detect eval`` when ``source`` (a run directory or
+    weights file) holds a detector: metadata with the detection config and no classifier."""
+    from reslab.engine.weights import read_metadata
+
+    source = Path(source)
+    weights = source / "model.safetensors" if source.is_dir() else source
+    if weights.suffix != ".safetensors" or not weights.is_file():
+        return
+    meta = read_metadata(weights)
+    if "config" in meta and "model" not in meta:  # as `reslab detect train` saves it
+        raise WeightsError(
+            f"{source} is a detection run (a detector written by `reslab detect train`), not a "
+            f"classifier for `reslab predict`; evaluate it with `reslab detect eval {source}`"
+        )
+
+
 def predict(
     weights: str | Path, target: str | Path, topk: int = 5, device: str = "auto"
 ) -> tuple[Iterator[Prediction], list[str]]:
@@ -41,7 +60,8 @@ def predict(
 
     Returns the predictions (an iterator: they are computed as they are read) and a list that
     fills with ``"<file>: <why>"`` for each file that is not a readable image. A single file that
-    is no image is an error."""
+    is no image, or a folder where no file is one, is a :class:`DataError` (the folder's when the
+    iterator ends); a detector's weights are a :class:`WeightsError` (see :func:`refuse_detector`)."""
     from reslab.engine.runtime import resolve_device
     from reslab.engine.weights import class_names, load_weights, normalizer_from_metadata
 
@@ -50,6 +70,7 @@ def predict(
     from reslab.hub import weights_path
 
     files = image_files(target)
+    refuse_detector(weights)
     weights = weights_path(weights)
     model, meta = load_weights(weights)
     names = class_names(meta, model.fc.out_features, weights)
@@ -82,6 +103,11 @@ def predict(
                     (names[i], p)
                     for i, p in zip(top.indices.tolist(), top.values.tolist(), strict=True)
                 ],
+            )
+        if len(bad) == len(files):
+            raise DataError(
+                f"no image in {target} could be read: all {len(files)} "
+                f"{'/'.join(IMG_EXTENSIONS)} files were skipped as unreadable"
             )
 
     return predictions(), bad

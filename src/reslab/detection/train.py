@@ -55,7 +55,7 @@ from reslab.engine.rundir import RunLock, finished_summary, resume_point, start_
 from reslab.engine.runtime import code_version, describe_device, resolve_device
 from reslab.engine.trainer import Meter, TrainState, train_loop
 from reslab.engine.weights import find_weights
-from reslab.errors import DataError, DivergedError
+from reslab.errors import DataError, DivergedError, WeightsError
 
 
 @dataclass
@@ -380,20 +380,34 @@ def save_detector(model: torch.nn.Module, path: Path, cfg: DetConfig, classes: l
 
 
 def load_detector(weights: str | Path) -> tuple[torch.nn.Module, DetConfig, list[str]]:
-    """A detector saved by :func:`fit_detector` (a ``model.safetensors`` or its run directory)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    """A detector saved by :func:`fit_detector` (a ``model.safetensors`` or its run directory);
+    anything else is a :class:`WeightsError` naming the file."""
+    from reslab.engine.weights import load_state, meta_value, read_metadata, read_state_dict
 
     path = find_weights(weights)
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+    what = "give the run directory or model.safetensors of `reslab detect train`"
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"{path} is not a detector's weights file (a .safetensors); {what}")
+    meta = read_metadata(path)
     if "config" not in meta:
-        raise ValueError(f"{path} holds no detection config (not written by `reslab detect train`)")
-    cfg = build_dataclass(DetConfig, json.loads(meta["config"]))
-    classes = json.loads(meta["classes"])
+        held = "no detection config"
+        if "model" in meta:
+            held = f"a classification model ({meta['model']}; `reslab eval` tests it)"
+        raise WeightsError(f"{path} holds {held}, not a detector of `reslab detect train`; {what}")
+    try:
+        cfg = build_dataclass(DetConfig, meta_value(meta, "config", path))
+    except ConfigError as err:
+        raise WeightsError(
+            f"{path}: its metadata 'config' is no detection config ({err})"
+        ) from None
+    classes = meta_value(meta, "classes", path)
+    if not classes:
+        raise WeightsError(f"{path}: no 'classes' in its metadata; the file's metadata is damaged")
     cfg.model.weights = None  # the saved state has the trained backbone
     model = make_model(cfg, len(classes))
-    model.load_state_dict(load_file(str(path)))
+    load_state(
+        model, read_state_dict(path), path, f"{cfg.model.design} {cfg.model.backbone} detector"
+    )
     return model, cfg, classes
 
 

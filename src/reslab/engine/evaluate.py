@@ -12,6 +12,7 @@ and the data it was trained for, in, the test errors out.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from torch import nn
 
 from reslab.data.imagefolder import MULTISCALE_SIZES, ImageFolder, decode, resize_shorter
 from reslab.engine.runtime import autocast
-from reslab.errors import ConfigError
+from reslab.errors import ConfigError, WeightsError
 
 VIEWS = ("single", "center", "tencrop", "multiscale")
 
@@ -123,10 +124,11 @@ def evaluate_weights(
     weights file (a run directory or a ``model.safetensors``) on the data it was trained for, with
     the number of ``images``, the ``split`` tested and the ``weights`` file.
 
-    CIFAR-10 models are tested on ``split`` ("test" or "val5k"); image-folder models on
-    ``eval_dir`` (default: the run's) with ``views`` "center", "tencrop" or "multiscale".
-    ``limit`` > 0 tests at most that many images (CIFAR: the first ones; folders: spread over the
-    classes)."""
+    CIFAR-10 models are tested on ``split`` ("test", or "val5k" for weights trained on the 45k
+    split); image-folder models on ``eval_dir`` (default: the run's) with ``views`` "center",
+    "tencrop" or "multiscale". Images the weights' metadata says they were trained on are
+    refused: that would be no test. ``limit`` > 0 tests at most that many images (CIFAR: the
+    first ones; folders: spread over the classes)."""
     from reslab.hub import weights_path
 
     if limit < 0 or batch_size < 1:
@@ -144,6 +146,44 @@ def evaluate_weights(
     }
 
 
+# CIFAR-10 split -> the training splits that hold some of its images (data/cifar.py: val5k is
+# the last 500 images of each class of the 50k training set, train45k the other 45,000)
+CIFAR_OVERLAPS = {
+    "test": (),
+    "val5k": ("train",),
+    "train45k": ("train", "train45k"),
+    "train": ("train", "train45k"),
+}
+
+
+def refuse_training_images(path: Path, split: str, train_split: str | None) -> None:
+    """Testing on images the weights were trained on is no test: ``split`` is refused when the
+    weights' metadata says (or, without ``train_split``, cannot rule out) that they trained on it."""
+    overlapping = CIFAR_OVERLAPS.get(split, ())
+    if not overlapping or (train_split is not None and train_split not in overlapping):
+        return
+    trained = (
+        f"they were trained on {train_split!r}, which holds its images"
+        if train_split is not None
+        else "the file does not say which images they were trained on (no 'train_split')"
+    )
+    also = " (val5k tests runs trained with data.split=train45k)" if split == "val5k" else ""
+    raise ConfigError(
+        f"{path}: --split {split} is no test of these weights: {trained}; test them on --split "
+        f"test{also}"
+    )
+
+
+def refuse_training_folder(path: Path, eval_dir: str, train_dir: str) -> None:
+    """An image folder the weights were trained on (or one inside it, or holding it) is refused."""
+    a, b = Path(os.path.normpath(eval_dir)), Path(os.path.normpath(train_dir))
+    if a == b or a in b.parents or b in a.parents:
+        raise ConfigError(
+            f"{path}: --eval-dir {eval_dir} is no test of these weights: they were trained on "
+            f"{train_dir}; give a folder of other images"
+        )
+
+
 def describe(result: dict[str, Any]) -> str:
     """One line about an :func:`evaluate_weights` result."""
     error = result["test_error"]
@@ -159,7 +199,7 @@ def _evaluate_file(path, data_dir, split, eval_dir, views, limit, device, batch_
     from reslab.data.loaders import TensorLoader
     from reslab.data.paths import data_root
     from reslab.engine.runtime import resolve_device
-    from reslab.engine.weights import load_weights, normalizer_from_metadata
+    from reslab.engine.weights import load_weights, meta_int, normalizer_from_metadata
 
     model, meta = load_weights(path)
     device = resolve_device(device)
@@ -171,13 +211,22 @@ def _evaluate_file(path, data_dir, split, eval_dir, views, limit, device, batch_
                 f"{views} testing applies to image-folder models; CIFAR-10 models are tested on "
                 "the single 32x32 view"
             )
+        refuse_training_images(path, split, meta.get("train_split"))
         images, labels = load_cifar10(data_dir, split)
         if limit:
             images, labels = images[:limit], labels[:limit]
         loader = TensorLoader(images, labels, batch_size, normalize, train=False, device=device)
         return evaluate(model, loader), f"CIFAR-10 {split}"
-    root = data_root(data_dir) / (eval_dir or meta["eval_dir"])
-    resize, crop = int(meta["resize"]), int(meta["crop"])
+    for key in ("train_dir", "eval_dir"):
+        if not isinstance(meta.get(key), str) or not meta[key]:
+            raise WeightsError(
+                f"{path}: no {key!r} in its metadata (image-folder runs record it); the file's "
+                "metadata is damaged"
+            )
+    eval_dir = eval_dir or meta["eval_dir"]
+    refuse_training_folder(path, eval_dir, meta["train_dir"])
+    root = data_root(data_dir) / eval_dir
+    resize, crop = meta_int(meta, "resize", path), meta_int(meta, "crop", path)
     if views == "multiscale":
         dataset = ImageFolder(root).strided(limit)
         return evaluate_multiscale(model, dataset, normalize), f"{root} multi-scale"

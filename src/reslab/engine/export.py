@@ -12,6 +12,7 @@ convention in their metadata; onnxruntime is the reference runtime (``reslab ben
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from torch import nn
 from reslab.errors import ConfigError, require_extra
 
 FORMATS = ("onnx", "torchscript", "exported-program")
+EXAMPLE = {"onnx": "model.onnx", "torchscript": "model.pt", "exported-program": "model.pt2"}
 
 
 class Deployed(nn.Module):
@@ -51,6 +53,14 @@ def export(
         raise ConfigError(f"--format {fmt!r} is invalid; valid choices: {', '.join(FORMATS)}")
     if input_dtype not in ("uint8", "float32"):
         raise ConfigError(f"--input-dtype {input_dtype!r}: valid choices: uint8, float32")
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(
+            f"--out {out} is a directory; give the file to write, e.g. --out {out / EXAMPLE[fmt]}"
+        )
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"--out {out}: {parent} is a file, not a directory")
     path = weights_path(source)
     model, meta = load_weights(path)
     classes = class_names(meta, model.fc.out_features, path)
@@ -67,22 +77,12 @@ def export(
         "input_size": list(model.default_input_size),
         "classes": classes,
     }
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1)
     with torch.no_grad():
         if fmt == "onnx":
-            require_extra("onnxscript", "export", "ONNX export")
-            onnx = require_extra("onnx", "export", "ONNX export")
-            torch.onnx.export(
-                net, (example,), str(out), dynamo=True, dynamic_shapes=({0: batch},),
-                input_names=["pixels" if not bare else "input"], output_names=["logits"],
-            )  # fmt: skip
-            graph = onnx.load(str(out))
-            for key, value in info.items():
-                entry = graph.metadata_props.add()
-                entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
-            onnx.save(graph, str(out))
+            input_name = "pixels" if not bare else "input"
+            _export_onnx(net, example, out, {0: batch}, input_name, info)
         elif fmt == "torchscript":
             traced = torch.jit.trace(net, example)
             torch.jit.save(traced, str(out), _extra_files={"reslab.json": json.dumps(info)})
@@ -90,3 +90,30 @@ def export(
             program = torch.export.export(net, (example,), dynamic_shapes=({0: batch},))
             torch.export.save(program, str(out), extra_files={"reslab.json": json.dumps(info)})
     return {**info, "file": str(out)}
+
+
+def _export_onnx(net: nn.Module, example: torch.Tensor, out: Path, batch_dim: dict, input_name: str,
+                 info: dict[str, Any]) -> None:  # fmt: skip
+    """``net`` as one self-contained ONNX file at ``out``, ``info`` in its metadata. torch's
+    exporter writes the weights beside the graph (``<file>.data``); it runs in a scratch folder,
+    and only the one file, weights inside (every reslab net is far below protobuf's 2 GiB), lands
+    at ``out``."""
+    import tempfile
+
+    require_extra("onnxscript", "export", "ONNX export")
+    onnx = require_extra("onnx", "export", "ONNX export")
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
+        first = Path(scratch) / "model.onnx"
+        torch.onnx.export(
+            net, (example,), str(first), dynamo=True, dynamic_shapes=(batch_dim,),
+            input_names=[input_name], output_names=["logits"],
+        )  # fmt: skip
+        graph = onnx.load(str(first))  # with the weights from the data file
+        for key, value in info.items():
+            entry = graph.metadata_props.add()
+            entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+        done = Path(scratch) / "done.onnx"
+        onnx.save(graph, str(done))
+        os.replace(done, out)
+    # an earlier export's data file beside it: the new file references none
+    out.with_name(f"{out.name}.data").unlink(missing_ok=True)

@@ -15,7 +15,8 @@ are torchvision's IMAGENET1K_V1 weights in their v1.5 layout (``stride_in="3x3"`
 
 Files: in a source checkout, the ledger's own file; elsewhere ``~/.cache/reslab/weights/``,
 downloaded from ``$RESLAB_WEIGHTS_URL`` (or the index's ``base_url``) + the ledger path, and used
-only when its sha256 is the recorded one. A broken download leaves nothing in the cache.
+only when its sha256 is the recorded one (a changed file is named, with how to restore it). A
+broken download leaves nothing in the cache.
 torchvision's files download through torchvision when online; offline, a file already in the
 torch hub cache (``$TORCH_HOME``) or named by ``$RESLAB_TORCHVISION_WEIGHTS`` is used.
 """
@@ -98,11 +99,25 @@ def weights_file(entry: dict[str, Any]) -> Path:
         return cached
     base = os.environ.get("RESLAB_WEIGHTS_URL") or index().get("base_url")
     if not base:
+        _refuse_damaged(entry, local, cached)
         raise MissingFileError(
             f"{entry['name']}: {entry['file']} is not here and no download location is known; "
             "set RESLAB_WEIGHTS_URL to where the ledger's files are served"
         )
     return download(f"{base.rstrip('/')}/{entry['file']}", cached, entry["sha256"])
+
+
+def _refuse_damaged(entry: dict[str, Any], local: Path, cached: Path) -> None:
+    """A file of ``entry`` that is here but not the recorded one is named, with how to fix it."""
+    for path, fix in (
+        (local, f"restore the ledger's file (git checkout -- {local})"),
+        (cached, "delete it and set RESLAB_WEIGHTS_URL to download it again"),
+    ):
+        if path.is_file():
+            raise WeightsError(
+                f"{entry['name']}: {path} does not have the recorded sha256 ({sha256(path)[:16]}... "
+                f"instead of {entry['sha256'][:16]}...): it was changed or damaged; {fix}"
+            )
 
 
 def download(url: str, target: Path, expected_sha256: str, timeout: float = 60) -> Path:
@@ -166,10 +181,10 @@ def load_pretrained(name: str, weights: str, **options: Any) -> nn.Module:
     """Model ``name`` with the named ``weights`` (a tag such as ``cifar10``, a full name such as
     ``resnet20.cifar10_seed0``, or a path to a weights file). The entry's layout is the one
     loaded; other ``options`` must agree with it."""
-    from reslab.engine.weights import load_model, load_state
+    from reslab.engine.weights import is_weights_name, load_model, load_state
     from reslab.models import create_model
 
-    if Path(weights).suffix in (".safetensors", ".pt", ".pth") or Path(weights).is_dir():
+    if Path(weights).exists() or not is_weights_name(str(weights)):
         return load_model(name, weights, **options)
     entry = resolve(name, weights)
     if entry["model"] != name:
@@ -189,17 +204,16 @@ def load_pretrained(name: str, weights: str, **options: Any) -> nn.Module:
 
 def source_state(source: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
     """The tensors to start a run from (``train.init``): a run directory, a weights file or a
-    weights name; with the architecture the file records (None for plain state dicts) and a
-    label for messages."""
-    from reslab.engine.weights import find_weights, meta_value, read_metadata, read_state_dict
+    weights name; with the architecture the source records or declares (a reslab file's, a
+    reslab checkpoint's config, a weights name's entry; None for plain state dicts) and a label
+    for messages."""
+    from reslab.engine.weights import find_weights, read_weights_file
 
     path = Path(source)
     if path.is_dir() or path.is_file():
         path = find_weights(path) if path.is_dir() else path
-        arch = None
-        if path.suffix == ".safetensors":
-            arch = meta_value(read_metadata(path), "architecture", path)
-        return read_state_dict(path), arch, str(path)
+        state, arch = read_weights_file(path)
+        return state, arch, str(path)
     if "." not in str(source) or Path(source).suffix in (".safetensors", ".pt", ".pth"):
         raise MissingFileError(
             f"train.init: {source} is neither a weights file, a run directory nor a weights "
@@ -207,13 +221,19 @@ def source_state(source: str | Path) -> tuple[dict[str, Any], dict[str, Any] | N
         )
     entry = resolve(str(source))
     if entry.get("source") == "torchvision":
-        return _torchvision_state(entry), None, entry["name"]
-    path = weights_file(entry)
-    return (
-        read_state_dict(path),
-        meta_value(read_metadata(path), "architecture", path),
-        entry["name"],
-    )
+        return _torchvision_state(entry), entry_architecture(entry), entry["name"]
+    state, arch = read_weights_file(weights_file(entry))
+    return state, arch, entry["name"]
+
+
+def entry_architecture(entry: dict[str, Any]) -> dict[str, Any]:
+    """The layout an entry's weights hold (torchvision's: v1.5 bottlenecks), as ``model.arch``."""
+    import torch
+
+    from reslab.models import create_model
+
+    with torch.device("meta"):  # the layout only: no memory, no initialisation
+        return create_model(entry["model"], **entry["model_options"]).arch
 
 
 def table() -> str:

@@ -131,16 +131,20 @@ class ResNet(nn.Module):
     def freeze(self, stages: int = 0, bn_statistics: bool = False) -> ResNet:
         """Fine-tuning and detection: no gradients for the stem and the stages before it counts
         ``stages`` (1: the stem, 2: the stem and ``layer1``, ...); with ``bn_statistics`` every BN
-        normalises with its running statistics and keeps them (its scale and shift still train)."""
-        parts = [[self.conv1, self.bn1]] + [[getattr(self, s)] for s in self.stage_names]
-        if not 0 <= stages <= len(parts):
-            raise ModelError(f"freeze: stages={stages} must be in [0, {len(parts)}]")
+        normalises with its running statistics and keeps them (outside the frozen stages its scale
+        and shift still train). Nothing frozen before is unfrozen."""
+        if not 0 <= stages <= 1 + len(self.stage_names):
+            raise ModelError(f"freeze: stages={stages} must be in [0, {1 + len(self.stage_names)}]")
+        if bn_statistics:  # first: it replaces the BN modules, whose new parameters are trainable
+            frozen = {n for n, p in self.named_parameters() if not p.requires_grad}
+            fix_bn_statistics(self)
+            for n, p in self.named_parameters():
+                p.requires_grad_(n not in frozen)
+        parts = [[self.conv1, self.bn1], *([getattr(self, s)] for s in self.stage_names)]
         for modules in parts[:stages]:
             for m in modules:
                 if m is not None:
                     m.requires_grad_(False)
-        if bn_statistics:
-            fix_bn_statistics(self)
         return self
 
     def blocks(self) -> list[nn.Module]:

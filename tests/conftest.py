@@ -44,6 +44,7 @@ def tiny_config(data_dir):
             "train.checkpoint_every=3",
             "train.eval_batch_size=1000",
             "data.eval_split=val5k",
+            "data.split=train45k",
             f"data.data_dir={data_dir}",
             "model.name=resnet8",
         ]
@@ -106,7 +107,7 @@ def table6_args(data_dir, tmp_path):
         "reproduce", "table6", "--schedule", "1/12800", "--only", "resnet20", "--seeds", "2",
         "--results", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"),
         "--data-dir", str(data_dir), "--no-progress", "--set", "train.eval_every=0",
-        "--set", "data.eval_split=val5k", "--set", "train.batch_size=32",
+        "--set", "data.eval_split=val5k", "--set", "data.split=train45k", "--set", "train.batch_size=32",
     ]  # fmt: skip
 
 

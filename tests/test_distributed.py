@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from reslab.config import load_config
+from reslab.data.builders import fit_normalizer
 from reslab.data.cifar import load_cifar10
 from reslab.data.loaders import TensorLoader
 from reslab.engine.checkpoint import load_checkpoint
 from reslab.engine.optim import PaperSGD, StepSchedule, set_lr
-from reslab.engine.trainer import build_model, fit_normalizer, seed_everything
+from reslab.engine.trainer import build_model, seed_everything
 
 STEPS = 4
 OVERRIDES = [
@@ -30,6 +31,7 @@ OVERRIDES = [
     "train.channels_last=false",
     "train.tensorboard=false",
     "data.eval_split=val5k",
+    "data.split=train45k",
 ]
 
 

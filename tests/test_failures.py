@@ -27,7 +27,7 @@ def _tiny_args(data_dir, out, *extra):
     sets = [
         "model.name=resnet8", "train.iterations=6", "optim.milestones=[3]", "train.log_every=2",
         "train.eval_every=0", "train.batch_size=32", "train.checkpoint_every=2",
-        "data.eval_split=val5k", *extra,
+        "data.eval_split=val5k", "data.split=train45k", *extra,
     ]  # fmt: skip
     args = ["train", "cifar10/resnet20", "--out", str(out), "--data-dir", str(data_dir)]
     return [*args, "--no-progress", *[a for s in sets for a in ("--set", s)]]
@@ -204,14 +204,14 @@ def test_reproduce_refuses_a_changed_set_and_restarts_on_request(data_dir, tmp_p
         "reproduce", "table6", "--schedule", "1/12800", "--only", "resnet20",
         "--results", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"),
         "--data-dir", str(data_dir), "--no-progress", "--set", "train.eval_every=0",
-        "--set", "data.eval_split=val5k",
+        "--set", "data.eval_split=val5k", "--set", "data.split=train45k",
     ]  # fmt: skip
     run = tmp_path / "runs" / "table6" / "resnet20-seed0-sched1of12800"
     run.mkdir(parents=True)
     cfg = load_config(
         "cifar10/resnet20",
         ["train.iterations=5", "optim.milestones=[2,4]", "train.eval_every=0",
-         "data.eval_split=val5k", "name=table6/resnet20-seed0-sched1of12800",
+         "data.eval_split=val5k", "data.split=train45k", "name=table6/resnet20-seed0-sched1of12800",
          "train.checkpoint_every=1", "train.log_every=1", f"data.data_dir={data_dir}",
          "train.batch_size=64"],
     )  # fmt: skip

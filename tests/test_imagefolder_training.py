@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from reslab.cli import main
 from reslab.config import load_config
 from reslab.engine import fit
@@ -27,6 +29,7 @@ def test_imagefolder_run_eval_and_predict(data_dir, tmp_path, capsys):
         "data.scale=[96, 128]",
         "data.crop=96",
         "optim.milestones=[1]",
+        "data.in_memory=false",  # decodes 4 batches of files, not the 9,469 photographs
     ]
     cfg = load_config("imagenette/resnet18", overrides)
     summary = fit(cfg, tmp_path / "run", progress=False)
@@ -52,9 +55,10 @@ def test_imagefolder_run_eval_and_predict(data_dir, tmp_path, capsys):
     assert line.count("%") == 3 and "n0" in line  # synset names of the training folders
 
 
-def test_training_skips_corrupt_images_when_asked(data_dir, tmp_path):
+@pytest.mark.parametrize("in_memory", ["true", "false"])
+def test_training_skips_corrupt_images_when_asked(data_dir, tmp_path, in_memory):
     """``data.skip_corrupt=true`` leaves an undecodable image out of training and lists it; the
-    default stops with the file's name."""
+    default stops with the file's name (held in memory, or read by DataLoader workers)."""
     import shutil
 
     import pytest
@@ -71,7 +75,8 @@ def test_training_skips_corrupt_images_when_asked(data_dir, tmp_path):
     victim.write_bytes(b"")
     overrides = [
         f"data.data_dir={root}", "data.train_dir=folder", "data.eval_dir=folder",
-        "train.iterations=2", "train.batch_size=8", "train.log_every=1", "train.eval_every=0",
+        "train.iterations=2", "train.batch_size=4", "train.log_every=1", "train.eval_every=0",
+        f"data.in_memory={in_memory}",
         "data.normalization=channel", "data.scale=[64, 64]", "data.crop=64",
         "data.test_views=center", "optim.milestones=[1]", "model.options={num_classes: 2}",
         "data.workers=0", "train.tensorboard=false",

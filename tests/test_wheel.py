@@ -40,7 +40,7 @@ def test_the_wheel_installs_and_trains_a_config_by_name(data_dir, tmp_path, http
     out = tmp_path / "run"
     args = ["train", "cifar10/resnet20", "--set", "train.iterations=2", "--set", "train.log_every=1",
             "--set", "train.eval_every=0", "--set", "train.tensorboard=false",
-            "--set", "data.eval_split=val5k", "--data-dir", str(data_dir), "--out", str(out), "--no-progress"]  # fmt: skip
+            "--set", "data.eval_split=val5k", "--set", "data.split=train45k", "--data-dir", str(data_dir), "--out", str(out), "--no-progress"]  # fmt: skip
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no PYTHONPATH: only the wheel's reslab
     result = subprocess.run([str(venv / "bin" / "python"), "-c", code, *args], capture_output=True, text=True, env=env, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

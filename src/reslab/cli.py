@@ -264,10 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("reproduce", cmd_reproduce, "run one of the paper's CIFAR-10 experiments into the results ledger", data=True,
                 sets="extra config override for every run (recorded in its config)", restart=True, device="", progress=True)  # fmt: skip
-    p.add_argument("experiment", choices=["table6", "fig6", "fig7", "options", "resnet1202", "preact", "cifar"],
+    p.add_argument("experiment", choices=["table6", "fig6", "fig7", "options", "resnet1202", "preact", "cifar",
+                                          "fig4", "table2", "table3", "pilot64", "imagenette64"],
                    help="fig6/options also draw their figure and report; fig7 trains (or reuses) the fig6 "
                    "nets of the schedule and measures their layer responses; cifar: the whole CIFAR-10 "
-                   "section but ResNet-1202 (table6 with ResNet-110 over 5 seeds, fig6, options), each run once")  # fmt: skip
+                   "section but ResNet-1202 (table6 with ResNet-110 over 5 seeds, fig6, options), each run once; "
+                   "fig4/table2/table3: the ImageNet section on reslab's reduced protocol imagenette64 "
+                   "(imagenette64: all three; pilot64: the pilot that set its schedule)")  # fmt: skip
     p.add_argument("--schedule", default="1", help="fraction of the paper's iterations, e.g. 1/8 (default 1)")  # fmt: skip
     p.add_argument("--seeds", type=_positive, default=1, help="runs per model (seeds 0..K-1)")
     p.add_argument("--concurrent", default="1", help="runs trained at once on the device: a number, or auto (measured choice)")  # fmt: skip

@@ -89,7 +89,12 @@ class DataConfig:
     crop: PositiveInt = 224  # training and test crop size
     lighting: NonNegativeFloat = 0.1  # std of AlexNet's PCA lighting noise (0: off)
     test_views: Literal["center", "tencrop"] = "tencrop"  # final test: 256 -> 224 crop, or 10-crop
-    workers: Count = 2  # JPEG decoding processes
+    # hold every k-th image of train_dir out of training and evaluate on those (0: off; a split
+    # of the training folder for choices that must not look at eval_dir)
+    holdout: Count = 0
+    in_memory: Switch = "auto"  # decode the folders once into memory; auto: when they fit...
+    memory_budget_mb: PositiveInt = 4096  # ...this budget and every image has one size
+    workers: Count = 2  # JPEG decoding processes (when not in memory)
     skip_corrupt: bool = (
         False  # leave undecodable images out (listed in the log) instead of stopping
     )
@@ -162,6 +167,11 @@ class Config(RunConfig):
                 "optim.schedule: 'plateau' needs train.eval_every > 0 (it watches the eval error)"
             )
         d = self.data
+        if d.dataset == "cifar10" and d.eval_split == "val5k" and d.split == "train":
+            raise ConfigError(
+                "data.eval_split: 'val5k' is part of data.split 'train' (the run would be tested on "
+                "images it trained on); use data.split=train45k with val5k, or data.eval_split=test"
+            )
         if len(d.scale) != 2 or not d.crop <= d.scale[0] <= d.scale[1]:
             raise ConfigError(
                 f"data.scale: {d.scale} must be [min, max] with data.crop <= min <= max"

@@ -32,18 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from reslab.config import Config
-from reslab.data.cifar import CLASSES as CIFAR10_CLASSES
-from reslab.data.cifar import load_cifar10
-from reslab.data.imagefolder import (
-    ImageFolder,
-    ImageFolderLoader,
-    ScaleAugment,
-    eval_loader,
-    imagenet_normalize,
-)
-from reslab.data.loaders import TensorLoader
-from reslab.data.paths import data_root
-from reslab.data.transforms import Normalize
+from reslab.data.builders import DataBundle, build_data
 from reslab.engine import distributed
 from reslab.engine.checkpoint import (
     atomic_save,
@@ -68,7 +57,7 @@ from reslab.engine.runtime import (
 )
 from reslab.engine.step import train_step
 from reslab.engine.weights import save_weights
-from reslab.errors import ConfigError, DataError, DivergedError, MissingFileError, require_extra
+from reslab.errors import ConfigError, DivergedError, MissingFileError, require_extra
 from reslab.models import create_model
 
 
@@ -184,74 +173,6 @@ def build_model(cfg: Config, device: torch.device, classes: int | None = None) -
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
-
-
-def fit_normalizer(cfg: Config, train_images: torch.Tensor) -> Normalize:
-    """The input normalisation of ``cfg``, fitted on the training split's images."""
-    return Normalize.fit(train_images, cfg.data.normalization)
-
-
-@dataclass
-class DataBundle:
-    """Everything a run reads: loaders, the input normalisation and the class names."""
-
-    train: Any  # .batches(epoch, start), len() = batches per epoch
-    eval: Any  # periodic evaluation (CIFAR: the eval split; folders: centre crops)
-    final: Any  # the final test (folders: 10-crop by default)
-    normalize: Normalize
-    classes: list[str]
-
-
-def build_cifar(cfg: Config, device: torch.device, shard: tuple[int, int] = (0, 1)) -> DataBundle:
-    """CIFAR-10 loaders, datasets resident on ``device``; ``shard=(rank, world_size)`` gives this
-    process's slice of every global training batch."""
-    train_x, train_y = load_cifar10(cfg.data.data_dir, cfg.data.split)
-    eval_x, eval_y = load_cifar10(cfg.data.data_dir, cfg.data.eval_split)
-    normalize = fit_normalizer(cfg, train_x).to(device)
-    layout = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-
-    def prepare(x: torch.Tensor) -> torch.Tensor:
-        return normalize(x).contiguous(memory_format=layout)
-
-    common = {"normalize": prepare, "seed": cfg.train.seed, "device": device}
-    train = TensorLoader(
-        train_x, train_y, cfg.train.batch_size, train=True, pad=cfg.data.pad, shard=shard, **common
-    )
-    test = TensorLoader(eval_x, eval_y, cfg.train.eval_batch_size, train=False, **common)
-    return DataBundle(train, test, test, normalize, list(CIFAR10_CLASSES))
-
-
-def build_imagefolder(
-    cfg: Config, device: torch.device, shard: tuple[int, int] = (0, 1), run_dir: Path | None = None
-) -> DataBundle:
-    """Image-folder loaders: scale augmentation + lighting for training, centre crops for periodic
-    evaluation and ``data.test_views`` (10-crop by default) for the final test. The per-pixel mean
-    is fitted once and kept in ``run_dir``."""
-    d, t = cfg.data, cfg.train
-    root = data_root(d.data_dir)
-    on_error = "skip" if d.skip_corrupt else "raise"
-    train_set = ImageFolder(root / d.train_dir, ScaleAugment(*d.scale, d.crop), on_error)
-    cache = run_dir / "pixel_mean.safetensors" if run_dir is not None else None
-    normalize = imagenet_normalize(
-        d.normalization, train_set, resize=d.scale[0], crop=d.crop, workers=d.workers, cache=cache
-    ).to(device)
-    if ImageFolder(root / d.eval_dir).classes != train_set.classes:
-        raise DataError(
-            f"{root / d.eval_dir} and {root / d.train_dir} have different class folders"
-        )
-
-    def test(views: str) -> ImageFolderLoader:
-        return eval_loader(
-            root / d.eval_dir, views, d.scale[0], d.crop, t.eval_batch_size, normalize,
-            device=device, limit=d.eval_limit, workers=d.workers, on_error=on_error,
-        )  # fmt: skip
-
-    train = ImageFolderLoader(
-        train_set, t.batch_size, normalize, train=True, lighting=d.lighting, workers=d.workers,
-        seed=t.seed, device=device, shard=shard,
-    )  # fmt: skip
-    center = test("center")
-    return DataBundle(train, center, test(d.test_views), normalize, train_set.classes)
 
 
 class EagerStep:
@@ -453,15 +374,12 @@ def _train(
         for folder in (run_dir, run_dir / "checkpoints"):
             remove_temporaries(folder)  # left by a process killed while writing (we hold the lock)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    shard = (info.rank, info.world_size)
-    if cfg.data.dataset == "imagefolder":
-        data = build_imagefolder(cfg, device, shard, run_dir)
-    else:
-        data = build_cifar(cfg, device, shard)
+    data = build_data(cfg, device, (info.rank, info.world_size), run_dir)
     with _INIT_LOCK:  # the global RNG: packed runs in threads initialise one at a time
         seed_everything(t.seed)
         core = build_model(cfg, device, len(data.classes))
-    started_from = _initialise(core, t.init, info) if t.init and resumed is None else None
+    declared = "stride_in" in cfg.model.options  # a plain file's layout, declared by the config
+    started_from = _initialise(core, t.init, info, declared) if t.init and not resumed else None
     core.freeze(t.freeze_stages, t.freeze_bn)
     optimizer = PaperSGD(
         core.parameters(), cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay
@@ -485,7 +403,9 @@ def _train(
     step, step_kind = make_step(
         cfg, core, optimizer, data.train, meter.window, info, device, stack, precision[0]
     )
-    step_kind.update(precision=precision[0], precision_choice=precision[1])
+    step_kind.update(
+        precision=precision[0], precision_choice=precision[1], batches_per_epoch=len(step)
+    )
     tb_dir = run_dir / "tensorboard" if _tensorboard(t.tensorboard) else None
     logger = JsonlLogger(run_dir / "metrics.jsonl", enabled=info.is_main, tensorboard_dir=tb_dir)
     logger.truncate_after(state.iteration if resumed else -1)
@@ -493,6 +413,7 @@ def _train(
         logger.log(event="resume", iteration=state.iteration, code_version=version)
     if started_from is not None:
         logger.log(event="init", iteration=0, **started_from)
+    logger.log(event="data", iteration=state.iteration, how=data.note)
     run = _Run(
         cfg, run_dir, info, core, optimizer, schedule, state, meter, logger, version, precision
     )
@@ -680,14 +601,17 @@ class _Run:
         )
 
 
-def _initialise(model: nn.Module, source: str, info: distributed.DistInfo) -> dict[str, Any]:
+def _initialise(
+    model: nn.Module, source: str, info: distributed.DistInfo, declared: bool = False
+) -> dict[str, Any]:
     """``train.init``: start from the tensors of another run, file or weights name; prints which
-    were loaded and which are new (the classifier, when the classes differ)."""
+    were loaded and which are new (the classifier, when the classes differ). ``declared``: the
+    config names the bottleneck layout (``model.options.stride_in``) a plain state dict has."""
     from reslab.engine.weights import initialise_from
     from reslab.hub import source_state
 
     state, arch, label = source_state(source)
-    loaded, new = initialise_from(model, state, label, arch)
+    loaded, new = initialise_from(model, state, label, arch, declared)
     if info.is_main:
         fresh = f" ({', '.join(new)})" if new else ""
         print(f"initialised from {label}: {len(loaded)} tensors loaded, {len(new)} new{fresh}")
@@ -755,6 +679,7 @@ def _summary(cfg, state, meter, result, info, device, step_kind, schedule, versi
         "test_error": result["error"],
         "test_top5_error": result["top5_error"],
         "test_loss": result["loss"],
+        "test_images": result["images"],
         "wall_time_s": round(state.wall_time_s, 2),
         "train_time_s": round(state.train_time_s, 2),
         "images_per_s": (state.iteration - state.untimed_iterations)

@@ -25,6 +25,15 @@ def schedule_tag(schedule: Fraction) -> str:
     return "" if schedule == 1 else f"-sched{schedule.numerator}of{schedule.denominator}"
 
 
+def schedule_label(schedule: Fraction, family: str = "cifar10") -> str:
+    """What a ledger summary's ``schedule`` says: ``paper`` (CIFAR-10 at the paper's iterations),
+    ``1/8`` (a fraction of them), ``imagenette64`` (reslab's reduced ImageNet protocol) or
+    ``imagenette64 x 1/8``."""
+    if family == "cifar10":
+        return "paper" if schedule == 1 else str(schedule)
+    return family if schedule == 1 else f"{family} x {schedule}"
+
+
 def recorded(run: Any, results: str | Path) -> Path | None:
     """The ledger folder of ``run`` (its CPU entry, else its GPU one), None when not recorded."""
     entry = Path(results) / run.experiment / run.name
@@ -53,10 +62,8 @@ def record(run: Any, run_dir: Path, results: Path, command: str, **extra: Any) -
         experiment=run.experiment,
         seed=run.seed,
         command=command,
-        schedule=str(run.schedule) if run.schedule != 1 else "paper",
-        protocol="paper"
-        if run.schedule == 1
-        else f"reslab reduced schedule ({run.schedule} of the paper's iterations)",
+        schedule=schedule_label(run.schedule, run.family),
+        protocol=run.protocol,
     )
     target.mkdir(parents=True, exist_ok=True)
     for name in LEDGER_FILES[1:]:
@@ -83,6 +90,7 @@ def finished_runs(
     schedule: Fraction,
     *experiments: str,
     borrowed: dict[str, tuple[str, str]] | None = None,
+    family: str = "cifar10",
 ) -> dict[str, dict[str, Any]]:
     """model -> summary (``_dir`` its folder) of the finished seed-0 runs of ``schedule`` in the
     first experiment, completed by the later ones (the first found of a model wins) and by the
@@ -90,10 +98,10 @@ def finished_runs(
     clear error naming the command to run when there are none."""
     runs: dict[str, dict[str, Any]] = {}
     for experiment in experiments:
-        for model, summary in _seed0_runs(results, schedule, experiment).items():
+        for model, summary in _seed0_runs(results, schedule, experiment, family).items():
             runs.setdefault(model, summary)
     for model, (home, name) in (borrowed or {}).items():
-        found = _seed0_runs(results, schedule, home).get(name)
+        found = _seed0_runs(results, schedule, home, family).get(name)
         if found is not None and model not in runs:
             runs[model] = found
     if not runs:
@@ -104,10 +112,12 @@ def finished_runs(
     return runs
 
 
-def _seed0_runs(results: str | Path, schedule: Fraction, experiment: str) -> dict[str, Any]:
+def _seed0_runs(
+    results: str | Path, schedule: Fraction, experiment: str, family: str = "cifar10"
+) -> dict[str, Any]:
     """model -> summary of the finished seed-0 runs of ``schedule`` in ``results/experiment``
     (a CPU run before a GPU run of the same model)."""
-    wanted = "paper" if schedule == 1 else str(schedule)
+    wanted = schedule_label(schedule, family)
     runs: dict[str, dict[str, Any]] = {}
     for path in sorted((Path(results) / experiment).glob("*/summary.json")):
         summary = json.loads(path.read_text())

@@ -26,5 +26,17 @@ FIG6 = {"plain20": "about 9-10", "plain56": "about 13"}
 # Table 3: ImageNet ResNet-34 top-1 error (%), 10-crop, with shortcut options A, B and C.
 TABLE3 = {"A": 25.03, "B": 24.52, "C": 24.19}
 
+# Table 2: ImageNet validation top-1 error (%), 10-crop testing (ResNets with option A).
+TABLE2 = {"plain18": 27.94, "plain34": 28.54, "resnet18": 27.88, "resnet34": 25.03}
+# Table 3: ImageNet validation (top-1, top-5) error (%), 10-crop testing, by reslab config name
+# (resnet34 is option A, resnet34b/c options B/C, resnet50 option B).
+TABLE3_TOP1_TOP5 = {
+    "plain34": (28.54, 10.02),
+    "resnet34": (25.03, 7.76),
+    "resnet34b": (24.52, 7.46),
+    "resnet34c": (24.19, 7.40),
+    "resnet50": (22.85, 6.71),
+}
+
 # Identity Mappings (He et al. 2016): pre-activation ResNet-1001 on CIFAR-10, batch 128.
 PREACT_RESNET1001 = 4.92

@@ -45,6 +45,17 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     for option in "ABC"
 }
 EXPERIMENTS["options"] = tuple(VARIANTS)
+# The ImageNet section on reslab's reduced protocol ``imagenette64`` (configs/base/imagenette64.yaml):
+# Fig. 4 and Table 2 (plain-18/34 against ResNet-18/34, option A) and Table 3 (ResNet-34 with
+# options A/B/C, ResNet-50); the pilot that fixed the protocol's schedule on a split of train/.
+EXPERIMENTS.update(
+    fig4=("plain18", "plain34", "resnet18", "resnet34"),
+    table2=("plain18", "plain34", "resnet18", "resnet34"),
+    table3=("plain34", "resnet34", "resnet34b", "resnet34c", "resnet50"),
+    pilot64=("resnet18",),
+)
+# the config family of an experiment's models (``<family>/<model>``); CIFAR-10 otherwise
+FAMILY = {name: "imagenette64" for name in ("fig4", "table2", "table3", "pilot64")}
 # A run that several experiments name trains once, under its home experiment, where the ledger
 # records it and every figure that names it reads it: Fig. 6's residual nets are Table 6's runs
 # (the same config, seed and schedule), and option A of the options (the CIFAR default) is Table
@@ -52,12 +63,18 @@ EXPERIMENTS["options"] = tuple(VARIANTS)
 HOME: dict[tuple[str, str], tuple[str, str]] = {
     **{("fig6", f"resnet{depth}"): ("table6", f"resnet{depth}") for depth in (20, 32, 44, 56)},
     **{("options", f"resnet{depth}-A"): ("table6", f"resnet{depth}") for depth in (32, 56)},
+    # Table 2 is Fig. 4's four nets tested with 10 crops; Table 3's plain-34 and ResNet-34 A too
+    **{("table2", model): ("fig4", model) for model in EXPERIMENTS["fig4"]},
+    **{("table3", model): ("fig4", model) for model in ("plain34", "resnet34")},
 }
 
 
 # The paper's whole CIFAR-10 section but ResNet-1202 (which no device loan fits), every run once:
 # ``reslab reproduce cifar``. ResNet-110 trains over 5 seeds there, as the paper reports it.
-SECTIONS: dict[str, tuple[str, ...]] = {"cifar": ("table6", "fig6", "options")}
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "cifar": ("table6", "fig6", "options"),
+    "imagenette64": ("fig4", "table2", "table3"),
+}
 PAPER_SEEDS: dict[str, int] = {"resnet110": 5}
 
 
@@ -88,9 +105,25 @@ class Run:
     def name(self) -> str:
         return f"{self.model}-seed{self.seed}{schedule_tag(self.schedule)}"
 
+    @property
+    def family(self) -> str:
+        """The config family: ``cifar10`` (the paper's protocol) or ``imagenette64`` (reslab's)."""
+        return FAMILY.get(self.experiment, "cifar10")
+
+    @property
+    def protocol(self) -> str:
+        """The protocol in words, as the ledger states it."""
+        if self.family == "imagenette64":
+            scaled = f", {self.schedule} of its iterations" if self.schedule != 1 else ""
+            return f"reslab reduced ImageNet protocol imagenette64 (configs/base/imagenette64.yaml{scaled})"
+        if self.schedule == 1:
+            return "paper"
+        return f"reslab reduced schedule ({self.schedule} of the paper's iterations)"
+
     def config(self, data_dir: str | None, device: str | None, extra: list[str] = ()) -> Config:
         name, variant = VARIANTS.get(self.model, (self.model, ()))
-        base = load_config(f"cifar10/{name}", variant)
+        name = f"{self.family}/{name}"
+        base = load_config(name, variant)
         its = max(1, round(base.train.iterations * self.schedule))
         milestones = [max(1, round(m * self.schedule)) for m in base.optim.milestones]
         overrides = [
@@ -106,7 +139,7 @@ class Run:
             overrides.append(f"data.data_dir={data_dir}")
         if device:
             overrides.append(f"train.device={device}")
-        return load_config(f"cifar10/{name}", [*variant, *overrides, *extra])
+        return load_config(name, [*variant, *overrides, *extra])
 
 
 def plan(experiment: str, schedule: Fraction, seeds: int, only: list[str] | None) -> list[Run]:
@@ -326,7 +359,7 @@ def reproduce_and_report(
     """``reslab reproduce``: :func:`reproduce` (``fig7`` trains the fig6 nets), then the
     experiment's figure and report from what the ledger holds, then ``results/README.md``.
     Returns the runs' summaries and the files written."""
-    from reslab.experiments import figures
+    from reslab.experiments import figures, imagenet
     from reslab.experiments.report import build
 
     trained = "fig6" if experiment == "fig7" else experiment
@@ -337,10 +370,15 @@ def reproduce_and_report(
     written = []
     drawn = {"fig6": figures.fig6, "options": figures.options, "table6": figures.table6}
     drawn.update(resnet1202=figures.table6, preact=figures.table6)  # rows of Table 6
-    # every figure that shows a run just finished: the command's own, and Table 6 for its runs
-    # that the command borrowed
-    for part in dict.fromkeys([*SECTIONS.get(trained, (trained,)), "table6"]):
-        if part in drawn and any(_shows(part, s) for s in finished):
+    drawn.update(fig4=imagenet.fig4, table2=imagenet.fig4, table3=imagenet.table3)
+    # every figure that shows a run just finished: the command's own, those that borrow its runs
+    # (Table 2 and 3 borrow Fig. 4's), and Table 6 for the runs the command borrowed
+    parts = SECTIONS.get(trained, (trained,))
+    borrowers = [name for (name, _), (home, _) in HOME.items() if home in parts]
+    done = set()
+    for part in dict.fromkeys([*parts, *borrowers, "table6"]):
+        if part in drawn and drawn[part] not in done and any(_shows(part, s) for s in finished):
+            done.add(drawn[part])
             written.append(drawn[part](results, schedule, command))
     if experiment == "fig7" and all(s["status"] == "finished" for s in summaries):
         written.append(figures.fig7(results, schedule, data_dir, command=command))

@@ -335,3 +335,37 @@ def test_a_paused_stretch_is_left_out_of_the_clock(tiny_config, tmp_path, monkey
     fit(tiny_config(), tmp_path / "plain", progress=False)
     plain = load_checkpoint(tmp_path / "plain" / "checkpoints" / "final.pt")
     assert all(torch.equal(final["model"][k], plain["model"][k]) for k in plain["model"])
+
+
+def test_threads_follow_the_cores_other_processes_leave(monkeypatch):
+    """train.threads=auto: the threads are the cores that other processes left free over the
+    last window (rounded, 0.75 of hysteresis), between 1 and the threads the process started
+    with; a fixed number is set once and never changed."""
+    readings = iter([])
+    monkeypatch.setattr(runtime.CoreShare, "_sample", lambda self: next(readings))
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        # (all ticks, busy ticks, own ticks), cumulative; one window is 200 ticks of 2 cores
+        windows = [(0, 0, 0), (200, 200, 200), (400, 400, 300), (600, 600, 400), (800, 750, 500),
+                   (1000, 870, 600), (1200, 1070, 700)]  # fmt: skip
+        readings = iter(windows)
+        share = runtime.CoreShare("auto", torch.device("cpu"))
+        seen = []
+        for _ in windows[1:]:
+            change = share.adjust()
+            seen.append((torch.get_num_threads(), change and change["other_cores"]))
+        # alone: 2; another job takes a core: 1; it stays; it lightens to 0.5 core: still 1 (the
+        # 0.75 band); it is gone (0.2): 2 again; 1 core taken again: 1
+        assert seen == [(2, None), (1, 1.0), (1, None), (1, None), (2, 0.2), (1, 1.0)]
+        assert share.changes == 3
+        torch.set_num_threads(1)  # OMP_NUM_THREADS=1: auto never goes above it
+        readings = iter([(0, 0, 0), (200, 100, 100)])
+        capped = runtime.CoreShare("auto", torch.device("cpu"))
+        assert capped.adjust() is None and torch.get_num_threads() == 1
+        fixed = runtime.CoreShare(2, torch.device("cpu"))
+        assert torch.get_num_threads() == 2 and fixed.adjust() is None
+        assert runtime.CoreShare("auto", torch.device("cuda")).adjust() is None
+    finally:
+        torch.set_num_threads(before)

@@ -124,6 +124,9 @@ class TrainConfig:
     # bf16 (AVX512-BF16 or AMX), else fp32 (emulated bf16 is slower); a run keeps its choice
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     channels_last: bool = True  # NHWC memory format (faster on CPU and tensor cores)
+    # CPU threads: a number, or auto: the cores other processes leave free (re-sized every
+    # logging window; a fixed number for bit-for-bit reproducibility on a shared machine)
+    threads: Literal["auto"] | PositiveInt = "auto"
     compile: Switch = "auto"  # torch.compile the model; auto: on CUDA only (no gain on CPU)
     # auto: "reduce-overhead" (CUDA graphs) on CUDA, else "default"
     compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune"] = "auto"
@@ -425,7 +428,15 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 # Keys that say where a run executes or what it writes besides the run, not what it computes: a
 # run may resume with other values.
-MACHINE_KEYS = ("data.data_dir", "data.workers", "train.tensorboard", "train.keep_checkpoints")
+MACHINE_KEYS = (
+    "data.data_dir",
+    "data.workers",
+    "data.in_memory",
+    "data.memory_budget_mb",
+    "train.tensorboard",
+    "train.keep_checkpoints",
+    "train.threads",
+)
 
 
 def config_diff(old: Any, new: Any) -> list[str]:

@@ -76,6 +76,11 @@ def build_data(
 def build_cifar(cfg: Config, device: torch.device, shard: tuple[int, int] = (0, 1)) -> DataBundle:
     """CIFAR-10 loaders, datasets resident on ``device``."""
     train_x, train_y = load_cifar10(cfg.data.data_dir, cfg.data.split)
+    if cfg.train.batch_size > len(train_y):
+        raise DataError(
+            f"train.batch_size={cfg.train.batch_size} is more than the {len(train_y):,} training "
+            f"images of CIFAR-10 {cfg.data.split}; lower it (the paper's is 128)"
+        )
     eval_x, eval_y = load_cifar10(cfg.data.data_dir, cfg.data.eval_split)
     normalize = fit_normalizer(cfg, train_x).to(device)
     layout = torch.channels_last if cfg.train.channels_last else torch.contiguous_format

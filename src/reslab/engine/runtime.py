@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import platform
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import torch
 
 import reslab
 from reslab.errors import ConfigError
+from reslab.processes import cpu_ticks, machine_ticks, process_tree
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -113,3 +116,61 @@ def cudnn_autotune(enabled: bool = True):
         yield
     finally:
         torch.backends.cudnn.benchmark = previous
+
+
+class CoreShare:
+    """This process's CPU threads (``train.threads``): a fixed number, or "auto": as many as the
+    cores that other processes leave free, between 1 and the threads the process started with
+    (``OMP_NUM_THREADS`` or the cores), re-sized at every logging window.
+
+    Two trainings of two threads each on two cores run at 18% of their speed alone each (35% in
+    all); of one thread each, 55% each (reslab's measurement of 2026-11-29, README). "auto" reads
+    the other processes' CPU use over the last window from ``/proc`` (this process and its
+    children, such as DataLoader workers, count as its own) and changes the thread count only
+    when the free cores differ from it by 0.75 or more, so that noise does not flap it. A run's
+    arithmetic depends on its thread count, so bit-for-bit reproducibility across runs needs a
+    fixed ``train.threads`` (or a machine where nothing else runs); each change is logged."""
+
+    def __init__(self, setting: int | str, device: Any) -> None:
+        self.limit = torch.get_num_threads()
+        if setting != "auto":
+            torch.set_num_threads(int(setting))
+        self.enabled = (
+            setting == "auto"
+            and torch.device(device).type == "cpu"
+            and Path("/proc/stat").is_file()
+        )
+        self.cores, self.changes = os.cpu_count() or 1, 0
+        self._last = self._sample() if self.enabled else (0, 0, 0)
+
+    def _sample(self) -> tuple[int, int, int]:
+        total, busy = machine_ticks()
+        return total, busy, cpu_ticks(process_tree(os.getpid()))
+
+    def other_cores(self) -> float:
+        """Cores the other processes used since the last call (the window starts anew)."""
+        now = self._sample()
+        total, busy, own = (a - b for a, b in zip(now, self._last, strict=True))
+        self._last = now
+        if total <= 0:
+            return 0.0
+        return max(0.0, (busy - max(own, 0)) / total * self.cores)
+
+    def adjust(self) -> dict[str, Any] | None:
+        """Re-size the threads to the free cores; what changed (for the log), or None."""
+        if not self.enabled:
+            return None
+        other = self.other_cores()
+        free, current = self.cores - other, torch.get_num_threads()
+        if abs(free - current) < 0.75:
+            return None
+        threads = min(self.limit, max(1, round(free)))
+        if threads == current:
+            return None
+        torch.set_num_threads(threads)
+        self.changes += 1
+        return {"threads": threads, "other_cores": round(other, 2)}
+
+    def restore(self) -> None:
+        """Back to the threads the process had (the next run of a long process starts there)."""
+        torch.set_num_threads(self.limit)

@@ -48,6 +48,7 @@ from reslab.engine.logging import JsonlLogger, json_bytes
 from reslab.engine.optim import PaperSGD, build_schedule, set_lr
 from reslab.engine.rundir import RunLock, finished_summary, resume_point, start_over
 from reslab.engine.runtime import (
+    CoreShare,
     code_version,
     compile_mode,
     cudnn_autotune,
@@ -104,6 +105,7 @@ class Meter:
     _images_since: int = 0
     _continued: int = field(default_factory=lambda: _CONTINUED[0])
     _session: tuple[float, float] = (0.0, 0.0)  # (start of this session, wall time before it)
+    cores: CoreShare | None = None  # this process's CPU threads, re-sized at logging windows
 
     def begin(self, state: TrainState) -> None:
         """This session's training starts now, from ``state``."""
@@ -345,6 +347,11 @@ def fit(
     run_dir = Path(run_dir)
     info, device = distributed.setup(resolve_device(cfg.train.device))
     try:
+        if cfg.train.batch_size % info.world_size:
+            raise ConfigError(
+                f"train.batch_size={cfg.train.batch_size} (the global batch) does not split "
+                f"evenly over {info.world_size} processes; make it a multiple of {info.world_size}"
+            )
         with RunLock(run_dir, enabled=info.is_main), cudnn_autotune(device.type == "cuda"):
             if restart and info.is_main:
                 start_over(run_dir)
@@ -370,14 +377,19 @@ def _train(
     stack: Any = None,
 ) -> dict[str, Any]:
     t, version = cfg.train, code_version()  # the code this session runs (the checkout may move)
+    cores = CoreShare(t.threads, device)
     if info.is_main:
         for folder in (run_dir, run_dir / "checkpoints"):
             remove_temporaries(folder)  # left by a process killed while writing (we hold the lock)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     data = build_data(cfg, device, (info.rank, info.world_size), run_dir)
     with _INIT_LOCK:  # the global RNG: packed runs in threads initialise one at a time
         seed_everything(t.seed)
         core = build_model(cfg, device, len(data.classes))
+    check_trainable(cfg, core, data, t.batch_size // info.world_size)
+    if info.is_main:  # written once the run can start: a refused one leaves nothing behind
+        atomic_write(
+            run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode()
+        )
     declared = "stride_in" in cfg.model.options  # a plain file's layout, declared by the config
     started_from = _initialise(core, t.init, info, declared) if t.init and not resumed else None
     core.freeze(t.freeze_stages, t.freeze_bn)
@@ -386,7 +398,7 @@ def _train(
     )
     schedule = build_schedule(cfg.optim)
     per_process = t.batch_size // info.world_size
-    meter = Meter(torch.zeros(3, device=device, dtype=torch.float64), per_process)
+    meter = Meter(torch.zeros(3, device=device, dtype=torch.float64), per_process, cores=cores)
     state = TrainState()
     precision = resolve_precision(t.precision, device)
     if resumed is not None:
@@ -414,6 +426,8 @@ def _train(
     if started_from is not None:
         logger.log(event="init", iteration=0, **started_from)
     logger.log(event="data", iteration=state.iteration, how=data.note)
+    if change := cores.adjust():  # the load of the stretch since the session began
+        logger.log(event="threads", iteration=state.iteration, **change)
     run = _Run(
         cfg, run_dir, info, core, optimizer, schedule, state, meter, logger, version, precision
     )
@@ -442,6 +456,7 @@ def _train(
     finally:
         bar.close()
         logger.close()
+        cores.restore()
 
 
 def train_loop(run: Any, step: Any, lr: Callable[[int], float], evaluate: Callable[[], Any],
@@ -472,6 +487,8 @@ def train_loop(run: Any, step: Any, lr: Callable[[int], float], evaluate: Callab
             if logged:  # also where divergence and the warm-up's end are noticed
                 meter.tick(state)
                 run.log_window(bar)
+                if meter.cores is not None and (change := meter.cores.adjust()):
+                    run.logger.log(event="threads", iteration=it, **change)
             if t.eval_every and it % t.eval_every == 0 and not last:
                 meter.tick(state)
                 evaluate()
@@ -601,6 +618,51 @@ class _Run:
         )
 
 
+def check_trainable(cfg: Config, model: nn.Module, data: DataBundle, batch: int) -> None:
+    """Refuse, before the first step, a run that cannot train (:class:`ConfigError` naming the key
+    and the fix): a classifier with fewer outputs than the data has classes, an input the network
+    cannot take, or batch-norm layers that would see one value per channel (a 1x1 map at a batch
+    of one per process, where training BN is undefined). One image goes through the network."""
+    outputs = getattr(getattr(model, "fc", None), "out_features", None)
+    if outputs is not None and outputs < len(data.classes):
+        raise ConfigError(
+            f"model.options.num_classes={outputs} but the data has {len(data.classes)} classes; "
+            f"set it to {len(data.classes)} (or leave it out: the data's count is used)"
+        )
+    size = cfg.data.crop if cfg.data.dataset == "imagefolder" else 32
+    channels = getattr(model, "default_input_size", (3,))[0]
+    if channels != 3:
+        raise ConfigError(f"model.options.in_chans={channels}, but the images are RGB; use 3")
+    smallest: list[int] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda _, x: smallest.append(x[0][0, 0].numel()))
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+    except RuntimeError as err:
+        key = "data.crop" if cfg.data.dataset == "imagefolder" else "model.name"
+        raise ConfigError(
+            f"{cfg.model.name} cannot take {size}x{size} inputs ({str(err).splitlines()[0]}); "
+            f"change {key}"
+        ) from None
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    if smallest and batch * min(smallest) < 2:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} gives {batch} image per process and "
+            f"{cfg.model.name}'s last maps are 1x1 at {size}x{size} inputs: batch norm would see "
+            "one value per channel; train with 2 or more images per process, or larger inputs"
+            + (" (data.crop)" if cfg.data.dataset == "imagefolder" else "")
+        )
+
+
 def _initialise(
     model: nn.Module, source: str, info: distributed.DistInfo, declared: bool = False
 ) -> dict[str, Any]:
@@ -693,6 +755,8 @@ def _summary(cfg, state, meter, result, info, device, step_kind, schedule, versi
         + (f" x {info.world_size} processes" if info.enabled else ""),
         **step_kind,
         "channels_last": t.channels_last,
+        "threads": t.threads,
+        "thread_changes": meter.cores.changes if meter.cores else 0,
         "seed": t.seed,
         "code_version": version,
         "torch_version": torch.__version__,

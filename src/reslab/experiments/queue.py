@@ -43,6 +43,7 @@ from reslab.config import parse_yaml
 from reslab.errors import ConfigError, MissingFileError, RunError
 from reslab.experiments.ledger import recorded
 from reslab.experiments.reproduce import Run, parse_schedule, plan
+from reslab.processes import process_tree
 
 QUEUE_FILE = "results/queue.yaml"
 INFLIGHT = "results/inflight"
@@ -367,28 +368,11 @@ def _wait_while_paused() -> None:
         time.sleep(1.0)
 
 
-def _descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (Linux ``/proc``; just ``pid`` elsewhere)."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo += parents.get(current, [])
-    return tree
-
-
 def _signal_queues(sig: int) -> int:
     """Send ``sig`` to every process of every running queue; returns how many queues."""
     runners = _live(state_dir() / "runners")
     for runner in runners:
-        for pid in _descendants(runner):
+        for pid in process_tree(runner):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
     return len(runners)

@@ -23,6 +23,13 @@ what. Three ways:
 At most ``concurrent`` runs train at once; the next starts when one ends. SIGINT/SIGTERM stop them
 all (each checkpoints, and the same command resumes them). A run's error stops the others and is
 raised once they have checkpointed.
+
+A run's process may die without a word (the out-of-memory killer's SIGKILL): the parent watches
+every child's exit, says so in one line, gives the run the status ``"died"`` (with the iteration
+of its last checkpoint, where the same command resumes it) and lets the others finish. A child
+starts with SIGINT/SIGTERM blocked and lets them in once its handlers exist, so that a stop that
+comes while it still starts up ends it cleanly ("not started"), and it dies with its parent
+(SIGTERM: it checkpoints), so that a parent killed leaves no orphans training on.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -58,18 +66,17 @@ def fit_packed(
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Train every ``(config, run_dir)`` of ``jobs``, ``concurrent`` at a time; returns their
-    summaries in order (``{"status": "not started"}`` for runs a stop left untouched). With
-    ``progress``, a bar per running run follows its metrics log."""
+    summaries in order (``{"status": "not started"}`` for runs a stop left untouched, ``"died"``
+    for a run whose process was killed). With ``progress``, a bar per running run follows its
+    metrics log."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}; valid: {', '.join(MODES)}")
     pack = _Processes(threads) if mode == "processes" else _Threads(stacked=mode == "stacked")
     return pack.run(jobs, max(1, concurrent), restart, _Bars(progress))
 
 
-def _fit_one(
-    job: Job, restart: bool, index: int, results, threads: int | None = None, seat=None
-) -> None:
-    """One run; (index, "summary" or "error", value) goes to ``results``. A run with a ``seat``
+def _fit_one(job: Job, restart: bool, threads: int | None = None, seat=None) -> tuple[str, Any]:
+    """One run: ("summary", its summary) or ("error", what stopped it). A run with a ``seat``
     trains stacked with its group; a streams-mode run on a GPU trains on its own CUDA stream."""
     from reslab.engine.trainer import fit
 
@@ -79,21 +86,97 @@ def _fit_one(
     own_stream = seat is None and torch.cuda.is_available() and cfg.train.device != "cpu"
     try:
         with torch.cuda.stream(torch.cuda.Stream()) if own_stream else contextlib.nullcontext():
-            summary = fit(cfg, run_dir, restart=restart, progress=False, stack=seat)
-        results.put((index, "summary", summary))
+            return "summary", fit(cfg, run_dir, restart=restart, progress=False, stack=seat)
     except ReslabError as err:
-        results.put((index, "error", err))
+        return "error", err
     except BaseException:  # a bug: its traceback travels as text (it may not pickle)
-        results.put((index, "error", RuntimeError(f"run {run_dir} failed:\n{traceback.format_exc()}")))  # fmt: skip
+        return "error", RuntimeError(f"run {run_dir} failed:\n{traceback.format_exc()}")
     finally:
         if seat is not None:
             seat.leave()  # the group's other runs go on without this one
 
 
+def _fit_in_thread(job: Job, restart: bool, index: int, results: queue.Queue, seat=None) -> None:
+    results.put((index, *_fit_one(job, restart, seat=seat)))
+
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _fit_in_process(job: Job, restart: bool, threads: int, parent: int, report) -> None:
+    """A run in a process of its own: ``(kind, value)`` of :func:`_fit_one` goes to ``report``
+    (a connection). It starts with the stop signals blocked (its parent's mask): they come in once
+    the handlers exist, and a stop that came before training is "not started"."""
+    if hasattr(signal, "sigpending") and STOP_SIGNALS & signal.sigpending():
+        _tell(report, ("summary", {"status": "not started"}))  # stopped while it started up
+        return
+    from reslab.engine.trainer import StopRequest
+
+    _die_with(parent)
+    with StopRequest() as stop:  # outermost: the training loop's own reads the same flag
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending stop sets it now
+        if stop.requested:
+            _tell(report, ("summary", {"status": "not started"}))
+        else:  # told under the handlers: a stop that comes late cannot cut the report short
+            _tell(report, _fit_one(job, restart, threads))
+
+
+def _tell(report, result: tuple[str, Any]) -> None:
+    with contextlib.suppress(OSError):  # a parent gone hears nothing (the run has checkpointed)
+        report.send(result)
+
+
+def _die_with(parent: int) -> None:
+    """SIGTERM this process (it checkpoints and ends) when its ``parent`` ends, however it ends:
+    Linux's ``PR_SET_PDEATHSIG``, elsewhere a thread that watches ``getppid()``."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        watch = libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0
+    else:
+        watch = True
+    if watch:
+
+        def orphaned() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=orphaned, name="parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # it died before the line above: nothing else would tell us
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _died(job: Job, exitcode: int | None) -> dict[str, Any]:
+    """The summary of a run whose process ended without reporting (a signal, most often the
+    out-of-memory killer's SIGKILL): what happened, and where the same command resumes it."""
+    from reslab.engine.checkpoint import CHECKPOINT_RE, list_checkpoints
+
+    cfg, run_dir = job
+    if exitcode is not None and exitcode < 0:
+        number = -exitcode
+        name = signal.Signals(number).name if number in set(signal.Signals) else "?"
+        how = f"died with signal {number} ({name}"
+        how += ": out of memory, or kill -9)" if number == getattr(signal, "SIGKILL", 9) else ")"
+    else:
+        how = f"ended without a result (exit code {exitcode})"
+    saved = list_checkpoints(run_dir / "checkpoints")
+    iteration = int(CHECKPOINT_RE.search(saved[-1].name)[1]) if saved else 0
+    where = f"its checkpoint at iteration {iteration}" if saved else "its start"
+    return {
+        "status": "died",
+        "error": f"run {cfg.name or run_dir} {how}; the other runs go on, and the same command "
+        f"resumes it from {where}",
+        "iteration": iteration,
+        "checkpoint": str(saved[-1]) if saved else None,
+    }
+
+
 class _Pack:
     """Starts runs as slots free up and collects what they report."""
-
-    results: Any
 
     def start(self, job: Job, index: int, restart: bool, sharing: int) -> None:
         """Start ``job``; ``sharing`` runs (it included) will train at the same time."""
@@ -103,6 +186,11 @@ class _Pack:
         raise NotImplementedError
 
     def wait(self) -> None:
+        raise NotImplementedError
+
+    def collect(self, timeout: float) -> list[tuple[int, str, Any]]:
+        """What runs reported (or how they died) within ``timeout`` seconds: (index, "summary",
+        "died" or "error", value) each."""
         raise NotImplementedError
 
     def can_start(self, job: Job, running: list[Job]) -> bool:
@@ -136,16 +224,18 @@ class _Pack:
                     if not running:
                         break
                     bars.update()
-                    try:
-                        index, kind, value = self.results.get(timeout=0.5)
-                    except queue.Empty:
-                        continue
-                    running.discard(index)
-                    bars.close(index)
-                    if kind == "error":
-                        error = error or value
-                    else:
+                    for index, kind, value in self.collect(timeout=0.5):
+                        running.discard(index)
+                        bars.close(index)
+                        if kind == "error":
+                            error = error or value
+                            continue
                         summaries[index] = value
+                        if kind == "died":  # the others go on
+                            bars.note(value["error"])
+        except BaseException:
+            self.stop_all()  # a bug of ours here: the runs checkpoint rather than train on
+            raise
         finally:
             self.wait()
             bars.close_all()
@@ -191,6 +281,15 @@ class _Bars:
         for index in list(self.bars):
             self.close(index)
 
+    def note(self, line: str) -> None:
+        """``line`` on stderr, above the bars."""
+        if self.enabled:
+            from tqdm import tqdm
+
+            tqdm.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
 
 def _last_iteration(log: Path) -> int | None:
     """The iteration of the newest complete line of a metrics log (None before the first)."""
@@ -210,8 +309,9 @@ def _last_iteration(log: Path) -> int | None:
 
 class _Processes(_Pack):
     def __init__(self, threads: int | None) -> None:
-        self.context = mp.get_context("spawn")
-        self.results, self.threads, self.children = self.context.Queue(), threads, []
+        self.context, self.threads = mp.get_context("spawn"), threads
+        self.children: dict[int, tuple[Any, Any, Job]] = {}  # index -> (process, its report, job)
+        self.started: list[Any] = []
 
     def threads_for(self, sharing: int) -> int:
         """CPU threads of a run started beside ``sharing - 1`` others (the fixed ``threads`` when
@@ -219,19 +319,60 @@ class _Processes(_Pack):
         return self.threads or max(1, torch.get_num_threads() // max(1, sharing))
 
     def start(self, job: Job, index: int, restart: bool, sharing: int) -> None:
-        args = (job, restart, index, self.results, self.threads_for(sharing))
-        child = self.context.Process(target=_fit_one, args=args)
-        child.start()
-        self.children.append(child)
+        from multiprocessing import resource_tracker
+
+        report, send = self.context.Pipe(duplex=False)
+        args = (job, restart, self.threads_for(sharing), os.getpid(), send)
+        child = self.context.Process(target=_fit_in_process, args=args, daemon=False)
+        resource_tracker.ensure_running()  # starting, it would unblock the signals blocked below
+        with _blocked(STOP_SIGNALS):  # the child inherits the mask (see _fit_in_process)
+            child.start()
+        send.close()  # the child's end: once it ends, its report reads EOF if it said nothing
+        self.children[index] = (child, report, job)
+        self.started.append(child)
+
+    def collect(self, timeout: float) -> list[tuple[int, str, Any]]:
+        from multiprocessing.connection import wait
+
+        pairs = [(report, child.sentinel) for child, report, _ in self.children.values()]
+        watched = [x for pair in pairs for x in pair]
+        ready = set(wait(watched, timeout)) if watched else set()
+        events = []
+        for index, (child, report, job) in list(self.children.items()):
+            if report not in ready and child.sentinel not in ready:
+                continue
+            try:  # what it sent before it ended (a child that ended has closed its end)
+                kind, value = report.recv()
+            except (EOFError, OSError):  # it ended without a word: killed
+                child.join(timeout=10)
+                kind, value = "died", _died(job, child.exitcode)
+            report.close()
+            del self.children[index]
+            events.append((index, kind, value))
+        return events
 
     def stop_all(self) -> None:
-        for child in self.children:
-            if child.is_alive() and child.pid is not None:
-                os.kill(child.pid, signal.SIGTERM)  # fit checkpoints and returns "interrupted"
+        for child, _, _ in self.children.values():
+            if child.pid is not None:
+                with contextlib.suppress(ProcessLookupError):  # fit checkpoints and returns
+                    os.kill(child.pid, signal.SIGTERM)  # (one still starting: once it can)
 
     def wait(self) -> None:
-        for child in self.children:
+        for child in self.started:
             child.join()
+
+
+@contextlib.contextmanager
+def _blocked(signals: set[int]):
+    """``signals`` held pending in this thread for the context (where the platform allows)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 class _Threads(_Pack):
@@ -251,8 +392,8 @@ class _Threads(_Pack):
             if key not in self.groups:
                 self.groups[key] = group_for(job[0])
             seat = self.groups[key].join()
-        args = (job, restart, index, self.results, None, seat)
-        worker = threading.Thread(target=_fit_one, args=args)
+        args = (job, restart, index, self.results, seat)
+        worker = threading.Thread(target=_fit_in_thread, args=args)
         worker.start()
         self.workers.append(worker)
 
@@ -267,6 +408,12 @@ class _Threads(_Pack):
         if resolve_device(job[0].train.device).type != "cpu":
             return True
         return all(stack_key(cfg) == stack_key(job[0]) for cfg, _ in running)
+
+    def collect(self, timeout: float) -> list[tuple[int, str, Any]]:
+        try:
+            return [self.results.get(timeout=timeout)]
+        except queue.Empty:
+            return []
 
     def stop_all(self) -> None:
         from reslab.engine.trainer import _STOP

@@ -66,7 +66,8 @@ def _report(summary: dict) -> int:
 
     if MAIN_PROCESS:
         print("\n".join(summary_lines(summary)))
-    return 0 if summary["status"] == "finished" else 130
+    codes = {"finished": 0, "died": 1}  # else interrupted (130): the same command resumes it
+    return codes.get(summary["status"], 130)
 
 
 def _train(args: argparse.Namespace, extra: Sequence[str] = ()) -> dict:

@@ -771,6 +771,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     """What ``reslab train`` prints of a run's summary: a sentence, then a JSON line."""
     if summary["status"] == "not started":  # a packed run that a stop came before
         return ["not started (stopped before its turn); run the same command again to train it"]
+    if summary["status"] == "died":  # a packed run's process was killed (the OOM killer)
+        return [summary["error"]]
     if summary["status"] != "finished":
         return [
             f"interrupted at iteration {summary['iteration']}; checkpoint {summary['checkpoint']}; "

@@ -127,6 +127,7 @@ def build(
     if pending.is_file():
         lines += ["", "Runs waiting for a GPU (and the CPU queue) are listed in `PENDING.md`."]
     text = "\n".join(lines) + "\n"
+    results.mkdir(parents=True, exist_ok=True)
     (results / "README.md").write_text(text)
     return text
 

@@ -6,11 +6,13 @@ weights, each with its architecture, preprocessing and measured error.
 
 ``index.json`` beside this file is generated from the ledger by ``reslab report`` (never typed by
 hand): an entry exists only for a finished run whose ``model.safetensors`` re-evaluates on the
-CIFAR-10 test set to the error its summary claims (the re-evaluation is kept in the run's
-``reeval.json``). Names are ``<model>.<tag>``: ``resnet20.cifar10_seed0`` (paper schedule),
-``resnet20.cifar10_seed0_gpu``, ``resnet20.cifar10_sched1of8_seed0``,
-``resnet32.cifar10_B_sched1of8_seed0`` (shortcut option B); ``resnet20.cifar10`` is the paper
-schedule's seed-0 run (the CPU one where both exist). ``resnet18.imagenet`` ... ``resnet152.imagenet``
+data it was tested on (CIFAR-10's test set; Imagenette's validation folder with the run's 10 crops)
+to the error its summary claims (the re-evaluation is kept in the run's ``reeval.json``). Names
+are ``<model>.<tag>``: ``resnet20.cifar10_seed0`` (paper schedule), ``resnet20.cifar10_seed0_gpu``,
+``resnet20.cifar10_sched1of8_seed0``, ``resnet32.cifar10_B_sched1of8_seed0`` (shortcut option B),
+``resnet34.imagenette64_B_seed0`` (reslab's reduced ImageNet protocol, 10 classes, 64x64 crops);
+``resnet20.cifar10`` is the paper schedule's seed-0 run (the CPU one where both exist), and
+``resnet18.imagenette64`` that protocol's. ``resnet18.imagenet`` ... ``resnet152.imagenet``
 are torchvision's IMAGENET1K_V1 weights in their v1.5 layout (``stride_in="3x3"``).
 
 Files: in a source checkout, the ledger's own file; elsewhere ``~/.cache/reslab/weights/``,

@@ -19,15 +19,31 @@ def test_train_bench_rows():
         "inference_images_per_s",
     ):
         assert row[key] > 0
-    assert row["speedup"] == row["images_per_s"] / row["baseline_images_per_s"]
     assert row["compile"] == "off"  # the CPU default is eager (compiling measured no gain there)
+    assert row["precision"] in ("bf16", "fp32")  # the engine's own choice for this CPU
+
+
+def test_train_bench_ratios_and_projection_from_known_speeds(monkeypatch):
+    """With the measurements replaced by known speeds, the row's ratio and the paper-schedule
+    projection (64,000 steps of 128 images) are what they must be."""
+    monkeypatch.setattr(train_bench, "reslab_cifar_train", lambda *a, **k: 320.0)
+    monkeypatch.setattr(train_bench, "baseline_cifar_train", lambda *a, **k: 80.0)
+    monkeypatch.setattr(train_bench, "inference", lambda *a, **k: 1000.0)
+    (row,) = train_bench.run(["resnet8"], data_dir="/nonexistent", steps=2, batch=32)
+    assert row["speedup"] == 4.0 and row["paper_schedule_s"] == 25_600.0
+    assert row["baseline_paper_schedule_s"] == 102_400.0
 
 
 def test_bench_data_writes_json(data_dir, tmp_path, capsys):
     assert main(["bench", "data", "--data-dir", str(data_dir), "--out", str(tmp_path)]) == 0
     (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("*-cpu-data.json")]
     names = [r["name"] for r in record["results"]]
-    assert names == ["cifar_augmentation", "jpeg_train_scale_aug", "jpeg_eval_center_crop"]
+    assert names == [
+        "cifar_augmentation",
+        "jpeg_train_scale_aug",
+        "jpeg_eval_center_crop",
+        "imagenette64_train_views",
+    ]
     assert record["command"].startswith("reslab bench data") and record["code_version"]
     assert all(r["images_per_s"] > 0 for r in record["results"])
 

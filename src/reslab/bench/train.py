@@ -63,6 +63,13 @@ def _measure(fn, device: torch.device) -> tuple[float, float | None]:
     return value, torch.cuda.max_memory_allocated(device) / 2**20
 
 
+def _precision(device: torch.device | str) -> str:
+    """The engine's default precision on ``device`` (``train.precision=auto``)."""
+    from reslab.engine.runtime import resolve_precision
+
+    return resolve_precision("auto", torch.device(device))[0]
+
+
 def _compile(model: torch.nn.Module, mode: str | None) -> torch.nn.Module:
     """Compiled for fixed shapes: without ``dynamic=False`` the second model of a class compiled in
     one process recompiles with dynamic shapes (measured: minutes for ResNet-50 on an H100)."""
@@ -109,15 +116,21 @@ def engine_step(
     if seat is not None:
         from reslab.engine.stacked import StackedStep
 
-        step = StackedStep(seat, model, opt, loader, window, "bf16")
+        step = StackedStep(seat, model, opt, loader, window, _precision(device))
     elif cuda_graph:  # (a graphed step compiles the model itself)
         if compile:
             torch._dynamo.reset()
         step = GraphedStep(
-            model, opt, loader, window, "bf16", warmup=min(warmup, 3), compile_mode=compile
+            model,
+            opt,
+            loader,
+            window,
+            _precision(device),
+            warmup=min(warmup, 3),
+            compile_mode=compile,
         )
     else:
-        step = EagerStep(_compile(model, compile), opt, loader, window, "bf16")
+        step = EagerStep(_compile(model, compile), opt, loader, window, _precision(device))
     state = TrainState()
     step.start_epoch(0)
 
@@ -217,7 +230,7 @@ def inference(name: str, batch: int, steps: int, device, fast: bool, size: int =
 
     @torch.no_grad()
     def step():
-        with autocast(device, "bf16" if fast else "fp32"):
+        with autocast(device, _precision(device) if fast else "fp32"):
             model(x)
 
     return steps * batch / _time_steps(step, steps, 1, device)
@@ -249,7 +262,7 @@ def synthetic_train(
             if x.is_cuda:  # a new step for CUDA graphs (torch.compile "reduce-overhead")
                 torch.compiler.cudagraph_mark_step_begin()
             opt.zero_grad(set_to_none=True)
-            train_step(model, opt, x, y, "bf16", 0.1, window)
+            train_step(model, opt, x, y, _precision(device), 0.1, window)
     else:
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
@@ -330,6 +343,7 @@ def run(
             row.update(
                 compile=ours_mode or "off",
                 cuda_graph=("whole step" if cuda else "eager (no CUDA)") if graphed else "off",
+                precision=_precision(device),
                 images_per_s=ours,
                 baseline_images_per_s=base,
                 speedup=ours / base,

@@ -333,9 +333,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+    import threading
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    if threading.current_thread() is threading.main_thread():
+        # past a file size limit (`ulimit -f`) a write fails with EFBIG, which names the file,
+        # instead of the signal that kills the process without a word
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         return args.func(args)
     except ReslabError as err:
@@ -343,6 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # output piped into `head` and the like
         return 0
+    except KeyboardInterrupt:  # Ctrl-C outside training (which checkpoints and stops itself)
+        print(f"reslab {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -73,12 +73,24 @@ def record(run: Any, run_dir: Path, results: Path, command: str, **extra: Any) -
     return target
 
 
+def ledger_fix(path: Path) -> str:
+    """What to do about a damaged file of the ledger folder holding ``path``."""
+    return f"restore it (git restore {path}) or delete its run folder {path.parent}"
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """The ``summary.json`` at ``path`` of a ledger run; a damaged one is one line naming it."""
+    from reslab.engine.logging import read_json  # here: importing reslab.engine imports torch
+
+    return read_json(path, ledger_fix(path))
+
+
 def collect(results: str | Path) -> list[dict[str, Any]]:
     """Every finished run recorded in the ledger (its summary, with ``_dir`` relative to it)."""
     results = Path(results)
     runs = []
     for path in sorted(results.glob("*/*/summary.json")):
-        summary = json.loads(path.read_text())
+        summary = read_summary(path)
         if summary.get("status") == "finished" and "experiment" in summary:
             summary["_dir"] = str(path.parent.relative_to(results))
             runs.append(summary)
@@ -120,7 +132,7 @@ def _seed0_runs(
     wanted = schedule_label(schedule, family)
     runs: dict[str, dict[str, Any]] = {}
     for path in sorted((Path(results) / experiment).glob("*/summary.json")):
-        summary = json.loads(path.read_text())
+        summary = read_summary(path)
         if summary.get("status") != "finished" or summary.get("schedule") != wanted:
             continue
         if summary.get("seed", 0) == 0 and summary["model"] not in runs:

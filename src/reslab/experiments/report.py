@@ -5,13 +5,25 @@ uv run reslab report
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from reslab.errors import DataError
 from reslab.experiments import paper
-from reslab.experiments.ledger import collect
+from reslab.experiments.ledger import collect, ledger_fix
+
+# what a ledger row needs of a run's summary, and of which type
+ROW_KEYS = {
+    "experiment": str,
+    "model": str,
+    "schedule": str,
+    "device": str,
+    "precision": str,
+    "test_error": (int, float),
+    "train_error": (int, float),
+    "wall_time_s": (int, float),
+}
 
 
 def _mean_std(values: list[float]) -> str:
@@ -26,11 +38,36 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
+def _checked(run: dict, results: Path) -> dict:
+    """``run`` (a summary from :func:`collect`), or a :class:`DataError` naming its file when it
+    lacks what a row shows."""
+    for key, kind in ROW_KEYS.items():
+        if not isinstance(run.get(key), kind) or isinstance(run.get(key), bool):
+            path = results / run["_dir"] / "summary.json"
+            raise DataError(
+                f"{path} has {key}={run.get(key)!r}, not a {getattr(kind, '__name__', 'number')}: "
+                f"it is damaged; {ledger_fix(path)}"
+            )
+    return run
+
+
+def _bench_record(path: Path) -> dict:
+    from reslab.engine.logging import read_json
+
+    return read_json(path, f"restore it (git restore {path}) or delete it")
+
+
+def _title(readme: Path) -> str:
+    """The first line of an analysis's README (its folder's name when it has none)."""
+    lines = readme.read_text(errors="replace").splitlines()
+    return (lines[0].lstrip("# ").strip() if lines else "") or readme.parent.name
+
+
 def _throughput_table(results: Path, benches: list[Path]) -> list[str]:
     """Training throughput rows of the `bench train` records: reslab's path against the baseline."""
     rows = []
     for path in benches:
-        b = json.loads(path.read_text())
+        b = _bench_record(path)
         if b.get("kind") != "train":
             continue
         for r in b["results"]:
@@ -72,7 +109,7 @@ def build(
     results = Path(results)
     weights = _weights_section(results, verify, data_dir)
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for run in collect(results):
+    for run in (_checked(r, results) for r in collect(results)):
         groups[
             (run["experiment"], run["model"], run["schedule"], run["device"], run["precision"])
         ].append(run)
@@ -111,7 +148,7 @@ def build(
             "|---|---|---|---|",
         ]
         for path in benches:
-            b = json.loads(path.read_text())
+            b = _bench_record(path)
             lines.append(
                 f"| `{path.relative_to(results)}` | {b.get('device', '')} | {b.get('date', '')} | `{b.get('command', '')}` |"
             )
@@ -120,8 +157,7 @@ def build(
     if analyses:
         lines += ["", "## Analyses", ""]
         for folder in analyses:
-            title = (folder / "README.md").read_text().splitlines()[0].lstrip("# ").strip()
-            lines.append(f"- `{folder.relative_to(results)}/`: {title}")
+            lines.append(f"- `{folder.relative_to(results)}/`: {_title(folder / 'README.md')}")
     lines += weights
     pending = results / "PENDING.md"
     if pending.is_file():

@@ -13,7 +13,13 @@ import torch
 from reslab.config import ConfigError, load_config
 from reslab.engine import PaperSGD, StepSchedule, fit, runtime
 from reslab.engine import trainer as trainer_module
-from reslab.engine.checkpoint import CheckpointError, atomic_save, list_checkpoints, load_checkpoint
+from reslab.engine.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+)
 from reslab.engine.logging import read_jsonl
 from reslab.engine.optim import PlateauSchedule
 from reslab.engine.runtime import compile_mode
@@ -132,6 +138,20 @@ def test_crafted_pickle_is_refused(tmp_path):
     assert not marker.exists()
 
 
+def test_a_junk_checkpoint_is_skipped_as_damaged(tmp_path):
+    """Text or random bytes under a checkpoint's name are damage, not an attack: reported as
+    corrupt (and skipped for the previous checkpoint on resume), never as code to refuse."""
+    good = tmp_path / "ckpt_0000001.pt"
+    atomic_save({"state": {"iteration": 1}}, good)
+    for junk in (b"hello world junk text", b"\x00\xff" * 500):
+        (tmp_path / "ckpt_0000002.pt").write_bytes(junk)
+        with pytest.raises(CheckpointError, match=r"cannot read checkpoint .* corrupt"):
+            load_checkpoint(tmp_path / "ckpt_0000002.pt")
+        with pytest.warns(UserWarning, match="resuming from the previous checkpoint"):
+            found = latest_checkpoint(tmp_path)
+        assert found[1] == good
+
+
 def test_atomic_save_leaves_no_temporary(tmp_path):
     atomic_save({"x": torch.ones(3)}, tmp_path / "a" / "ckpt_0000002.pt")
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["ckpt_0000002.pt"]
@@ -243,7 +263,7 @@ def test_run_directory_contents(tiny_config, tmp_path):
     assert meta["model"] == "resnet8" and type(model).__name__ == "ResNet"
     # the complete architecture, and only the keys that belong to a CIFAR run
     assert json.loads(meta["model_options"])["shortcut_pad"] == "after"
-    assert not {"eval_dir", "crop", "resize"} & set(meta) and meta["train_split"] == "train"
+    assert not {"eval_dir", "crop", "resize"} & set(meta) and meta["train_split"] == "train45k"
     evals = [r for r in read_jsonl(run / "metrics.jsonl") if "test_error" in r]
     assert [r["iteration"] for r in evals] == [4, 8, 9]
     # running again returns the finished run instead of training twice

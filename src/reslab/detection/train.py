@@ -196,7 +196,9 @@ def fit_detector(
         resumed = resume_point(cfg, run_dir)
         for folder in (run_dir, run_dir / "checkpoints"):
             remove_temporaries(folder)  # left by a process killed while writing
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write(
+            run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode()
+        )
         return _train_detector(cfg, run_dir, resumed, progress)
 
 
@@ -366,7 +368,7 @@ def _train_detector(
 
 
 def save_detector(model: torch.nn.Module, path: Path, cfg: DetConfig, classes: list[str]) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {
@@ -374,9 +376,7 @@ def save_detector(model: torch.nn.Module, path: Path, cfg: DetConfig, classes: l
         "classes": json.dumps(classes),
         "code_version": code_version(),
     }
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(path)
+    atomic_write(path, save(state, metadata=meta))  # a link there is replaced, not written through
 
 
 def load_detector(weights: str | Path) -> tuple[torch.nn.Module, DetConfig, list[str]]:

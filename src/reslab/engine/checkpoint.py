@@ -19,6 +19,7 @@ import random
 import re
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"checkpoint {path} does not exist")
+    if not (zipfile.is_zipfile(path) or _starts_like_a_pickle(path)):  # else: damaged, or junk
+        raise CheckpointError(
+            f"cannot read checkpoint {path} (truncated or corrupt: not the zip archive that "
+            "torch.save writes, nor a pickle)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -152,10 +158,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"loading it would run code from the file ({str(err).splitlines()[0]}). Only load "
             "checkpoints you trust; reslab writes plain-data checkpoints."
         ) from None
-    except (RuntimeError, EOFError, OSError) as err:
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as err:
         raise CheckpointError(
             f"cannot read checkpoint {path} (truncated or corrupt: {str(err).splitlines()[0]})"
         ) from None
+
+
+def _starts_like_a_pickle(path: Path) -> bool:
+    """Whether ``path`` begins with a pickle's protocol opcode (torch's legacy format does too)."""
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:

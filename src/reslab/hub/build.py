@@ -80,6 +80,7 @@ def build_index(
 ) -> dict[str, Any]:
     """Write the index from the ledger under ``results``; returns it, with ``skipped`` listing
     the runs left out and why. ``verify`` re-evaluates runs without a current ``reeval.json``."""
+    from reslab.engine.logging import read_json
     from reslab.engine.weights import model_options, read_metadata
     from reslab.experiments.ledger import collect
     from reslab.models import create_model
@@ -96,7 +97,8 @@ def build_index(
         views = summary.get("test_views", "single") if dataset != "cifar10" else "single"
         digest = sha256(path)
         reeval_path = run_dir / "reeval.json"
-        reeval = json.loads(reeval_path.read_text()) if reeval_path.is_file() else {}
+        fix = "delete it: `reslab report --verify` re-evaluates the run"
+        reeval = read_json(reeval_path, fix) if reeval_path.is_file() else {}
         if reeval.get("sha256") != digest:
             if not verify:
                 skipped[summary["_dir"]] = "not re-evaluated yet (reslab report --verify)"

@@ -3,21 +3,18 @@
     uv run python -c "from reslab.engine.checkpoint import latest_checkpoint; help(latest_checkpoint)"
 
 A checkpoint holds the model, optimiser and schedule states, the step counters, the RNG states of
-torch/numpy/python (and CUDA), the config and the code version. Every file reslab writes goes to a
-temporary file in the same directory and is renamed over its target, so a crash never leaves a
-half-written file behind under the real name, and a symbolic link in its place is replaced, never
-written through; a full disk or a file size limit is an error naming the file.
+torch/numpy/python (and CUDA), the config and the code version. Like every file reslab writes, it
+is written by :func:`reslab.files.atomic_write` (a temporary file renamed over its target, so a
+crash never leaves half a checkpoint under the real name); ``atomic_write``, ``write_all`` and
+``write_error`` can be imported from here too.
 """
 
 from __future__ import annotations
 
-import errno
 import io
-import os
 import pickle
 import random
 import re
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -26,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from reslab.errors import CheckpointError, MissingFileError, RunError
+from reslab.errors import CheckpointError, MissingFileError
+from reslab.files import TEMPORARY_GLOB, atomic_write, write_all, write_error
 
 __all__ = [
     "CheckpointError",
@@ -34,11 +32,11 @@ __all__ = [
     "atomic_write",
     "latest_checkpoint",
     "load_checkpoint",
+    "write_all",
     "write_error",
 ]
 
 CHECKPOINT_RE = re.compile(r"ckpt_(\d+)\.pt$")
-TEMPORARY_GLOB = ".*.tmp"  # what atomic_write leaves while it writes
 
 
 def rng_state() -> dict[str, Any]:
@@ -65,62 +63,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _as_tuples(x: Any) -> Any:
     return tuple(_as_tuples(v) for v in x) if isinstance(x, list | tuple) else x
-
-
-def atomic_write(path: str | Path, data: bytes | memoryview) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, sync it, then rename it over ``path``.
-
-    The rename replaces ``path`` itself: a symbolic link there is replaced, never written through.
-    A full disk, a file size limit (``ulimit -f``), or a read-only or forbidden place leaves
-    ``path`` as it was (no temporary file either) and raises :class:`RunError` naming the file."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise write_error(path, err) from None
-    try:
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise write_error(path, err) from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
-
-
-def write_all(fd: int, data: bytes | memoryview) -> None:
-    """``os.write`` until all of ``data`` is written (a write may take only part of it)."""
-    view = memoryview(data).cast("B")
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-# what a user can fix about a failed write, by errno
-_WRITE_FIXES = {
-    errno.ENOSPC: "free space there and run the same command again",
-    errno.EDQUOT: "free space there (a disk quota is full) and run the same command again",
-    errno.EFBIG: "raise the file size limit (`ulimit -f unlimited`) and run the same command again",
-    errno.EROFS: "it is on a read-only file system; write elsewhere (another --out)",
-    errno.EACCES: "fix its folder's permissions (or write elsewhere) and run the same command again",
-    errno.EPERM: "fix its folder's permissions (or write elsewhere) and run the same command again",
-    errno.ENAMETOOLONG: "give it a shorter path (a shorter --out)",
-}
-
-
-def write_error(path: Path, err: OSError) -> Exception:
-    """:class:`RunError` naming ``path`` and the fix for a write that failed with ``err`` (a full
-    disk, a file size limit, a read-only or forbidden place); ``err`` itself otherwise."""
-    fix = _WRITE_FIXES.get(err.errno)
-    if fix is None:
-        return err
-    return RunError(
-        f"cannot write {path}: {os.strerror(err.errno)}; {path} was left as it was. {fix[0].upper()}{fix[1:]}"
-    )
 
 
 def own_storage(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

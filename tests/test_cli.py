@@ -1,8 +1,13 @@
-"""The ``reslab`` command line: info/list output, errors with exit code 2, eval's JSON line."""
+"""The ``reslab`` command line: info/list output, errors with exit code 2, eval's JSON line; bench's
+keyword arguments; parsing without torch."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+
+import pytest
 
 from reslab.cli import main
 
@@ -106,3 +111,68 @@ def test_demo_trains_and_reports_its_accuracy(data_dir, tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("reslab demo: CIFAR-10 test accuracy of ResNet-20 after 8 iterations: ")
     assert (out / "model.safetensors").is_file()
+
+
+def test_the_cli_copies_of_library_names_are_the_librarys():
+    """``reslab.cli`` copies names so that parsing imports neither torch nor the library."""
+    from reslab import cli
+    from reslab.engine import packed
+    from reslab.experiments import reproduce
+
+    assert cli.PACK_MODES == packed.MODES
+    assert set(cli.EXPERIMENTS) == {*reproduce.EXPERIMENTS, *reproduce.SECTIONS, "fig7"}
+
+
+def test_parsing_imports_no_torch():
+    code = "import sys, reslab.cli; reslab.cli.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("argv", "run", "options"),
+    [
+        (["data", "--data-dir", "d"], "data", {"data_dir": "d"}),
+        (["data", "--workers", "0"], "data", {"workers": 0}),
+        (["infer", "--models", "resnet8", "--device", "cuda"], "infer", {"models": ["resnet8"]}),
+        (
+            ["train", "--models", "resnet8", "--steps", "2", "--workers", "1"],
+            "train",
+            {
+                "models": ["resnet8"],
+                "device": "cpu",
+                "steps": 2,
+                "compile": "auto",
+                "workers": 1,
+                "cuda_graph": "auto",
+            },
+        ),
+        (
+            ["train", "--models", "resnet8", "--concurrent", "1", "2", "--pack", "stacked"],
+            "concurrent",
+            {
+                "models": ["resnet8"],
+                "concurrent": [1, 2],
+                "device": "cpu",
+                "steps": 20,
+                "pack": ["stacked"],
+            },
+        ),
+    ],
+)
+def test_bench_passes_each_kind_the_keyword_arguments_of_its_run(
+    monkeypatch, tmp_path, capsys, argv, run, options
+):
+    """``reslab bench KIND`` calls the ``run`` of KIND's module with its own keyword arguments
+    (the options not given are left to its defaults), and records where it measured."""
+    import importlib
+
+    calls = []
+    for name in ("data", "infer", "train", "concurrent"):
+        module = importlib.import_module(f"reslab.bench.{name}")
+        monkeypatch.setattr(module, "run", lambda name=name, **kw: calls.append((name, kw)) or [])
+    monkeypatch.setattr("reslab.bench.concurrent.choice", lambda rows: {})
+    assert main(["bench", *argv, "--out", str(tmp_path)]) == 0
+    assert calls == [(run, options)]
+    kind = "train-concurrent" if run == "concurrent" else argv[0]
+    assert [p.name.split("-", 3)[3] for p in tmp_path.glob("*.json")] == [f"cpu-{kind}.json"]

@@ -16,24 +16,21 @@ from typing import Any
 
 
 def run_and_record(
-    kind: str, out: str | Path, command: str, note: str = "", options: dict[str, Any] | None = None
+    kind: str, out: str | Path, command: str, note: str = "", **options: Any
 ) -> tuple[list[dict[str, Any]], Path, str]:
     """Run the ``kind`` benchmark and record it under ``out``; returns (rows, record path, the
     kind recorded: ``train`` with ``concurrent`` N values is ``train-concurrent``).
-    ``options`` may hold more than the keyword arguments of :func:`reslab.bench.data.run` or
-    :func:`reslab.bench.train.run`: those are passed (unless None), the rest ignored."""
-    import inspect
-
+    ``options`` are the keyword arguments of that kind's ``run``: :func:`reslab.bench.data.run`,
+    :func:`reslab.bench.infer.run`, :func:`reslab.bench.concurrent.run` (``train`` with
+    ``concurrent``) or :func:`reslab.bench.train.run`; the record names their ``device`` (the CPU
+    without one)."""
     import torch
 
     from reslab.engine.runtime import code_version, describe_device
 
-    options = options or {}
-    device = options.get("device") or "cpu"
+    device = options.get("device", "cpu")
     if kind == "data":
         from reslab.bench.data import run
-
-        device = "cpu"
     elif kind == "infer":
         from reslab.bench.infer import run
     elif options.get("concurrent"):  # packed runs against one alone
@@ -42,8 +39,7 @@ def run_and_record(
         kind = "train-concurrent"
     else:
         from reslab.bench.train import run
-    accepted = inspect.signature(run).parameters
-    rows = run(**{k: v for k, v in options.items() if k in accepted and v is not None})
+    rows = run(**options)
     now = dt.datetime.now(dt.UTC)
     record = {
         "kind": kind,

@@ -4,63 +4,35 @@
 
 A YAML file may name ``base: <path relative to it>``; the base is loaded first and the file's keys
 override it. ``--set key=value`` overrides apply last (values are parsed as YAML, where ``1e-3`` is
-a number and ``true``/``false`` are the booleans). Each field's type says what it accepts: a
-``Literal`` lists the choices, a :class:`Range` the bounds, and floats must be finite. Every error
-names the key, the bad value and what is valid.
+a number and ``true``/``false`` are the booleans; :mod:`reslab.strict_yaml`). Each field's type says
+what it accepts: a ``Literal`` lists the choices, a :class:`~reslab.typecheck.Range` the bounds, and
+floats must be finite; :func:`~reslab.typecheck.build_dataclass` checks them. Every error names the
+key, the bad value and what is valid.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-
 from reslab.errors import ConfigError, MissingFileError
+from reslab.strict_yaml import parse_yaml
+from reslab.typecheck import (
+    Count,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    build_dataclass,
+)
 
 __all__ = ["Config", "ConfigError", "config_diff", "config_from_dict", "load_config"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # shipped inside the package
 
 
-@dataclass(frozen=True)
-class Range:
-    """Bounds of a numeric field: ``low <= value`` (``<`` when ``low_open``), likewise ``high``."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def check(self, key: str, value: float) -> None:
-        low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
-        high_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
-        if not (low_ok and high_ok):
-            raise ConfigError(f"{key}: {value!r} must be {self}")
-
-    def __str__(self) -> str:
-        def number(x: float) -> str:
-            return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-        parts = []
-        if self.low is not None:
-            parts.append(f"{'>' if self.low_open else '>='} {number(self.low)}")
-        if self.high is not None:
-            parts.append(f"{'<' if self.high_open else '<='} {number(self.high)}")
-        return " and ".join(parts)
-
-
-PositiveInt = Annotated[int, Range(0, low_open=True)]
-Count = Annotated[int, Range(0)]  # >= 0
-PositiveFloat = Annotated[float, Range(0, low_open=True)]
-NonNegativeFloat = Annotated[float, Range(0)]
 Switch = Literal["auto"] | bool  # true, false, or auto (decided by the device)
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -95,9 +67,7 @@ class DataConfig:
     in_memory: Switch = "auto"  # decode the folders once into memory; auto: when they fit...
     memory_budget_mb: PositiveInt = 4096  # ...this budget and every image has one size
     workers: Count = 2  # JPEG decoding processes (when not in memory)
-    skip_corrupt: bool = (
-        False  # leave undecodable images out (listed in the log) instead of stopping
-    )
+    skip_corrupt: bool = False  # leave undecodable images out (logged) instead of stopping
 
 
 @dataclass
@@ -194,137 +164,6 @@ class Config(RunConfig):
                 f"model.options: {bad[0]!r} is not an option of {self.model.name}; "
                 f"valid: {', '.join(spec.options)}"
             )
-
-
-# ---- type checking -------------------------------------------------------------------------------
-
-
-def _describe(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(map(str, typing.get_args(tp)))
-    if origin is Annotated:
-        base, *extras = typing.get_args(tp)
-        return f"{_describe(base)} {' '.join(str(e) for e in extras)}"
-    if origin in (types.UnionType, typing.Union):
-        return " or ".join(_describe(t) for t in typing.get_args(tp))
-    return {type(None): "null", bool: "true/false"}.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _check_value(key: str, value: Any, tp: Any) -> Any:
-    """``value`` converted to ``tp`` (an int where a float is expected), or :class:`ConfigError`."""
-    origin = typing.get_origin(tp)
-    if origin is Annotated:
-        base, *extras = typing.get_args(tp)
-        value = _check_value(key, value, base)
-        for extra in extras:
-            extra.check(key, value)
-        return value
-    if origin in (types.UnionType, typing.Union):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{key}: {value!r} is not a finite number")
-        options = typing.get_args(tp)
-        for option in options:
-            with contextlib.suppress(ConfigError):
-                return _check_value(key, value, option)
-        if all(o is bool or typing.get_origin(o) is Literal for o in options):
-            choices = [c for o in options for c in typing.get_args(o) or ("true", "false")]
-            raise ConfigError(f"{key}: {value!r} is invalid; valid choices: {', '.join(choices)}")
-        raise ConfigError(f"{key}: {value!r} is not valid; expected {_describe(tp)}")
-    if origin is Literal:
-        if value in typing.get_args(tp) and type(value) is not bool:
-            return value
-        raise ConfigError(f"{key}: {value!r} is invalid; valid choices: {_describe(tp)[7:]}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: {value!r} is not a list")
-        (item,) = typing.get_args(tp)
-        return [_check_value(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: {value!r} is not a mapping")
-        return dict(value)
-    if tp is type(None):
-        if value is None:
-            return None
-    elif tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise ConfigError(f"{key}: {value!r} is not a finite number")
-        return float(value)
-    elif tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
-        return value
-    raise ConfigError(f"{key}: {value!r} is not a valid {_describe(tp)}")
-
-
-def build_dataclass(cls: type, values: Any, prefix: str = "") -> Any:
-    """``cls`` (a nested dataclass) from plain ``values``, every field checked against its type;
-    unknown keys are errors. The result's ``check()`` runs last, when it has one."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    if not isinstance(values, dict):
-        raise ConfigError(
-            f"{prefix.rstrip('.') or 'config'}: expected a mapping of {', '.join(names)}"
-        )
-    hints = typing.get_type_hints(cls, include_extras=True)
-    unknown = [k for k in values if k not in names]
-    if unknown:
-        raise ConfigError(
-            f"unknown config key {prefix + str(unknown[0])!r}; valid keys under "
-            f"'{prefix or '.'}': {', '.join(names)}"
-        )
-    kwargs = {}
-    for name, value in values.items():
-        key, tp = f"{prefix}{name}", hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = build_dataclass(tp, value, f"{key}.")
-        else:
-            kwargs[name] = _check_value(key, value, tp)
-    obj = cls(**kwargs)
-    if not prefix and hasattr(obj, "check"):
-        obj.check()
-    return obj
-
-
-# ---- reading YAML --------------------------------------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML as YAML 1.2 reads it where 1.1 surprises: ``1e-3`` is a float, only true/false are
-    booleans; and duplicate keys are refused (YAML would silently keep the last)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-# booleans are true/false only (YAML 1.1 also reads yes/no/on/off, so "on" would be True)
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def parse_yaml(text: str, where: str) -> Any:
-    """YAML text as plain data; a syntax error or duplicate key is a :class:`ConfigError` that
-    names ``where`` and the position."""
-    try:
-        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(err).split())}") from None
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:

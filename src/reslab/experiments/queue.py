@@ -39,11 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reslab.config import parse_yaml
 from reslab.errors import ConfigError, MissingFileError, RunError
 from reslab.experiments.ledger import recorded
 from reslab.experiments.reproduce import Run, parse_schedule, plan
 from reslab.processes import process_tree
+from reslab.strict_yaml import parse_yaml
 
 QUEUE_FILE = "results/queue.yaml"
 INFLIGHT = "results/inflight"

@@ -13,8 +13,10 @@ import torch
 from PIL import Image
 
 from reslab.cli import main
-from reslab.data import imagefolder
-from reslab.data.imagefolder import CenterCrop, CorruptImageError, ImageFolder, collate, decode
+from reslab.data import decode as decoding
+from reslab.data.decode import CorruptImageError, decode
+from reslab.data.imagefolder import ImageFolder, collate
+from reslab.data.views import CenterCrop
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +143,7 @@ def test_anything_but_one_rgb_frame_is_refused_by_name(tmp_path, photos, monkeyp
     (tmp_path / "cat").mkdir()
     Image.fromarray(photos[0]).save(tmp_path / "cat" / "x.png")
     frames = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
-    monkeypatch.setattr(imagefolder, "decode_image", lambda data, mode: frames)
+    monkeypatch.setattr(decoding, "decode_image", lambda data, mode: frames)
     with pytest.raises(CorruptImageError, match=r"x\.png decodes to torch.uint8 \(2, 3, 32, 32\), not one 8-bit RGB frame"):  # fmt: skip
         decode(tmp_path / "cat" / "x.png")
     assert ImageFolder(tmp_path, on_error="skip")[0] == (None, 0, str(tmp_path / "cat" / "x.png"))

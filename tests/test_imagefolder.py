@@ -9,19 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from reslab.data.imagefolder import (
-    CenterCrop,
-    CorruptImageError,
-    ImageFolder,
-    ImageFolderLoader,
-    Lighting,
-    ScaleAugment,
-    TenCrop,
-    decode,
-    imagenet_normalize,
-    resize_shorter,
-    scan_folder,
-)
+from reslab.data.decode import CorruptImageError, decode
+from reslab.data.imagefolder import ImageFolder, ImageFolderLoader, imagenet_normalize, scan_folder
+from reslab.data.transforms import Lighting
+from reslab.data.views import CenterCrop, ScaleAugment, TenCrop, resize_shorter
 from reslab.engine.evaluate import evaluate, multiscale_probs
 from reslab.models import create_model
 
@@ -201,15 +192,15 @@ def test_unreadable_and_oversized_images_are_named(tmp_path):
     with pytest.raises(CorruptImageError, match=r"huge\.png is image size \(400000000 pixels\), above reslab's limit of 89"):  # fmt: skip
         decode(huge)
     # below PIL's own bomb check, reslab's limit still applies
-    import reslab.data.imagefolder as imagefolder
+    import reslab.data.decode as decoding
 
     Image.new("RGB", (64, 48)).save(tmp_path / "small.png")
-    imagefolder.MAX_PIXELS, limit = 1000, imagefolder.MAX_PIXELS
+    decoding.MAX_PIXELS, limit = 1000, decoding.MAX_PIXELS
     try:
         with pytest.raises(CorruptImageError, match=r"small\.png is 64x48 \(0 megapixels\), above"):
             decode(tmp_path / "small.png")
     finally:
-        imagefolder.MAX_PIXELS = limit
+        decoding.MAX_PIXELS = limit
 
 
 def test_the_pixel_mean_is_fitted_once_with_the_configured_sizes(

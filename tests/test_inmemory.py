@@ -11,7 +11,8 @@ import torchvision.transforms.v2.functional as TF
 
 from reslab.config import load_config
 from reslab.data.builders import build_data
-from reslab.data.imagefolder import decode, resize_shorter, scan_folder
+from reslab.data.decode import decode
+from reslab.data.imagefolder import scan_folder
 from reslab.data.inmemory import (
     DecodedFolder,
     FolderTensorLoader,
@@ -21,6 +22,7 @@ from reslab.data.inmemory import (
     scale_crop_flip,
 )
 from reslab.data.transforms import Normalize
+from reslab.data.views import resize_shorter
 from reslab.engine import fit
 from reslab.engine.checkpoint import load_checkpoint
 from reslab.engine.logging import read_jsonl

@@ -71,14 +71,9 @@ def bench_jpeg_pipeline(
     data_dir: str | Path | None, workers: int = 2, limit: int = 1024, batch: int = 64
 ) -> list[dict[str, Any]]:
     """Decode + training/test views of the Imagenette JPEGs through the multi-worker loader."""
-    from reslab.data.imagefolder import (
-        CenterCrop,
-        ImageFolder,
-        ImageFolderLoader,
-        ScaleAugment,
-        imagenet_normalize,
-    )
+    from reslab.data.imagefolder import ImageFolder, ImageFolderLoader, imagenet_normalize
     from reslab.data.paths import data_root
+    from reslab.data.views import CenterCrop, ScaleAugment
 
     root = data_root(data_dir) / "imagenette" / "val"
     rows = []
@@ -109,10 +104,11 @@ def bench_imagefolder_paths(
     lighting) from ``imagenette/train``: held in memory and augmented a batch at a time, against
     the DataLoader path (``workers`` processes decoding JPEGs and augmenting each image), the
     same batches timed in each; the in-memory path's one decoding pass is timed apart."""
-    from reslab.data.imagefolder import ImageFolder, ImageFolderLoader, ScaleAugment
+    from reslab.data.imagefolder import ImageFolder, ImageFolderLoader
     from reslab.data.inmemory import FolderTensorLoader, decode_folder, pixel_mean
     from reslab.data.paths import data_root
     from reslab.data.transforms import Normalize
+    from reslab.data.views import ScaleAugment
 
     root = data_root(data_dir) / "imagenette" / "train"
     start = time.perf_counter()

@@ -22,13 +22,7 @@ import torch
 from reslab.config import Config
 from reslab.data.cifar import CLASSES as CIFAR10_CLASSES
 from reslab.data.cifar import load_cifar10
-from reslab.data.imagefolder import (
-    ImageFolder,
-    ImageFolderLoader,
-    ScaleAugment,
-    eval_loader,
-    imagenet_normalize,
-)
+from reslab.data.imagefolder import ImageFolder, ImageFolderLoader, eval_loader, imagenet_normalize
 from reslab.data.inmemory import (
     FolderTensorLoader,
     decode_folder,
@@ -39,6 +33,7 @@ from reslab.data.inmemory import (
 from reslab.data.loaders import TensorLoader
 from reslab.data.paths import data_root
 from reslab.data.transforms import Normalize
+from reslab.data.views import ScaleAugment
 from reslab.errors import DataError
 
 

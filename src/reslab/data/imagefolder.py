@@ -1,57 +1,39 @@
-"""ImageNet-style class-per-folder JPEG datasets with the paper's training and testing views.
+"""ImageNet-style class-per-folder image datasets, read by DataLoader workers, and their pixel mean.
 
     RESLAB_DATA=../shared/data uv run python -c "from reslab.data.imagefolder import ImageFolder; print(len(ImageFolder('../shared/data/imagenette/val')))"
 
-Training (Sec. 3.4): the shorter side resized to a random length in [256, 480] (scale augmentation),
-a random 224x224 crop, a horizontal flip with probability 1/2; then, per batch and on the batch's
-device, mean subtraction and AlexNet's PCA lighting noise. Testing: shorter side 256 and the centre
-224 crop; 10-crop (four corners and the centre, and their mirror images); fully-convolutional
-multi-scale testing with shorter sides {224, 256, 384, 480, 640} (see ``reslab.engine.evaluate``).
-
-Images are decoded by ``torchvision.io`` in ``DataLoader`` workers into one 8-bit RGB frame
-(:func:`decode`): greyscale, palette, alpha and CMYK become RGB, 16-bit PNGs 8-bit, animated GIFs
-their first frame. A file that cannot be decoded, or whose header announces more than
-:data:`MAX_PIXELS` pixels (decoding it would take gigabytes), raises :class:`CorruptImageError`
-naming it, or, with ``on_error="skip"`` (the config's ``data.skip_corrupt``), is left out of its
-batch and listed in the loader's ``skipped``.
+:class:`ImageFolder` lists ``<root>/<class>/<image>`` files; :class:`ImageFolderLoader` decodes
+them (:func:`reslab.data.decode.decode`) and draws each image's view
+(:mod:`reslab.data.views`) in ``DataLoader`` workers, then subtracts the mean and adds PCA
+lighting to the whole batch on its device (:mod:`reslab.data.transforms`). A file that cannot be
+decoded raises :class:`~reslab.data.decode.CorruptImageError` naming it, or, with
+``on_error="skip"`` (the config's ``data.skip_corrupt``), is left out of its batch and listed in
+the loader's ``skipped``. :func:`imagenet_normalize` gives the input normalisation: ImageNet's
+channel statistics, or the paper's per-pixel mean fitted on the training folder (and cached).
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import io
-import math
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-import torchvision.transforms.v2.functional as TF
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.io import ImageReadMode, decode_image, read_file
 
+from reslab.data.decode import CorruptImageError, decode
+from reslab.data.loaders import seeded_generator
+from reslab.data.transforms import Lighting, Normalize
+from reslab.data.views import CenterCrop, TenCrop
 from reslab.errors import DataError, MissingFileError
+from reslab.files import atomic_write
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# AlexNet's PCA of ImageNet RGB pixels (in [0, 1]): eigenvalues and eigenvectors (columns).
-PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
-PCA_EIGVEC = (
-    (-0.5675, 0.7192, 0.4009),
-    (-0.5808, -0.0045, -0.8140),
-    (-0.5836, -0.6948, 0.4203),
-)
-MULTISCALE_SIZES = (224, 256, 384, 480, 640)
 ON_ERROR = ("raise", "skip")
-# The largest image decoded (PIL's own default limit, about 9459 x 9459): a 20000 x 20000 JPEG
-# would need 1.2 GB as uint8 before any resizing. Larger files are refused as corrupt.
-MAX_PIXELS = 89_478_485
-
-
-class CorruptImageError(DataError):
-    """An image file that cannot be read or decoded; the message names the file."""
 
 
 def scan_folder(root: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -80,113 +62,6 @@ def scan_folder(root: str | Path) -> tuple[list[str], list[tuple[Path, int]]]:
             )
         samples += found
     return classes, samples
-
-
-def decode(path: str | Path) -> torch.Tensor:
-    """An image file as uint8 RGB 3 x H x W: one frame (an animated GIF or WebP gives its first),
-    8 bits per channel (16-bit PNGs rescaled, rounded), greyscale, palette, alpha and CMYK made RGB
-    (alpha dropped). :class:`CorruptImageError` (naming the file) for a file that is no image, is
-    damaged, has more than :data:`MAX_PIXELS` pixels, or decodes to anything else."""
-    from PIL import Image
-
-    try:
-        data = read_file(str(path))
-        with Image.open(io.BytesIO(data.numpy().tobytes())) as header:  # reads the header only
-            size = "{}x{} ({:.0f} megapixels)".format(*header.size, math.prod(header.size) / 1e6)
-            too_large = math.prod(header.size) > MAX_PIXELS
-            # torchvision decodes every frame of a GIF and refuses animated WebP (an APNG it
-            # decodes as its first frame)
-            animated = header.format in ("GIF", "WEBP") and getattr(header, "is_animated", False)
-    except Image.DecompressionBombError as err:  # PIL's own check, at twice its limit
-        size, too_large = str(err).split(" exceeds")[0].lower(), True
-    except (RuntimeError, OSError, ValueError) as err:
-        raise CorruptImageError(f"cannot read image {path}: {str(err).splitlines()[0]}") from None
-    if too_large:
-        raise CorruptImageError(
-            f"image {path} is {size}, above reslab's limit of {MAX_PIXELS / 1e6:.0f} megapixels "
-            "(reslab.data.imagefolder.MAX_PIXELS); downscale it"
-        )
-    try:
-        image = _first_frame(data) if animated else decode_image(data, mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError, ValueError) as err:
-        raise CorruptImageError(f"cannot decode image {path}: {str(err).splitlines()[0]}") from None
-    if image.dtype == torch.uint16:  # a 16-bit PNG, 0..65535: to 0..255, rounded
-        image = ((image.int() * 255 + 65535 // 2) // 65535).to(torch.uint8)
-    if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
-        raise CorruptImageError(
-            f"image {path} decodes to {image.dtype} {tuple(image.shape)}, not one 8-bit RGB "
-            "frame; save it as an 8-bit RGB PNG or JPEG"
-        )
-    return image
-
-
-def _first_frame(data: torch.Tensor) -> torch.Tensor:
-    """The first frame of an animated GIF or WebP (its encoded bytes, uint8 1-d) as uint8 RGB
-    3 x H x W, decoded by PIL."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
-        image.seek(0)
-        return TF.pil_to_tensor(image.convert("RGB"))
-
-
-def resize_shorter(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize so the shorter side is ``size`` (bilinear, antialiased), keeping the aspect ratio."""
-    h, w = image.shape[-2:]
-    if min(h, w) == size:
-        return image
-    scale = size / min(h, w)
-    new = (size, max(size, round(w * scale))) if h <= w else (max(size, round(h * scale)), size)
-    return TF.resize(image, list(new), antialias=True)
-
-
-class ScaleAugment:
-    """Training view: shorter side uniform in [smin, smax], random ``crop`` square, random flip.
-
-    Randomness comes from ``rng`` (a ``random.Random``), so a sample's view depends only on its seed.
-    """
-
-    takes_rng = True
-
-    def __init__(
-        self, smin: int = 256, smax: int = 480, crop: int = 224, flip: bool = True
-    ) -> None:
-        if not crop <= smin <= smax:
-            raise ValueError(
-                f"need crop <= smin <= smax, got crop={crop}, smin={smin}, smax={smax}"
-            )
-        self.smin, self.smax, self.crop, self.flip = smin, smax, crop, flip
-
-    def __call__(self, image: torch.Tensor, rng: random.Random | None = None) -> torch.Tensor:
-        rng = rng or random.Random()
-        image = resize_shorter(image, rng.randint(self.smin, self.smax))
-        h, w = image.shape[-2:]
-        top, left = rng.randint(0, h - self.crop), rng.randint(0, w - self.crop)
-        image = image[:, top : top + self.crop, left : left + self.crop]
-        if self.flip and rng.random() < 0.5:
-            image = image.flip(-1)
-        return image.contiguous()
-
-
-class CenterCrop:
-    """Standard single-crop test view: shorter side ``resize``, centre ``crop`` square."""
-
-    def __init__(self, resize: int = 256, crop: int = 224) -> None:
-        self.resize, self.crop = resize, crop
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        return TF.center_crop(resize_shorter(image, self.resize), [self.crop, self.crop])
-
-
-class TenCrop:
-    """10-crop test views (K x 3 x crop x crop, K = 10): four corners and centre, and their mirrors."""
-
-    def __init__(self, resize: int = 256, crop: int = 224) -> None:
-        self.resize, self.crop = resize, crop
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        image = resize_shorter(image, self.resize)
-        return torch.stack(TF.ten_crop(image, [self.crop, self.crop]))
 
 
 class ImageFolder(Dataset):
@@ -247,26 +122,6 @@ def collate(
     return torch.stack([k[0] for k in kept]), torch.tensor([k[1] for k in kept]), skipped
 
 
-class Lighting(torch.nn.Module):
-    """AlexNet PCA lighting noise: each image gets ``eigvec @ (alpha * eigval)`` added to all of its
-    pixels (in [0, 1] units), with ``alpha ~ N(0, std)`` drawn per image and eigenvector."""
-
-    def __init__(self, std: float = 0.1) -> None:
-        super().__init__()
-        self.std = std
-        self.register_buffer("eigval", torch.tensor(PCA_EIGVAL))
-        self.register_buffer("eigvec", torch.tensor(PCA_EIGVEC))
-
-    def offsets(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """N x 3 RGB offsets, one per image."""
-        alpha = torch.randn(n, 3, generator=generator).to(self.eigval.device) * self.std
-        return (alpha * self.eigval) @ self.eigvec.T
-
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``x``: float N x 3 x H x W in [0, 1] units."""
-        return x + self.offsets(x.shape[0], generator)[:, :, None, None].to(x.dtype)
-
-
 class EpochSampler(Sampler):
     """This process's samples of an epoch, in global-batch order, from batch ``start`` on.
 
@@ -296,8 +151,6 @@ class EpochSampler(Sampler):
         if not self.train:
             yield from range(self.n)
             return
-        from reslab.data.loaders import seeded_generator
-
         order = torch.randperm(self.n, generator=seeded_generator(self.seed, self.epoch)).tolist()
         per_rank = self.batch_size // self.world
         for b in range(self.start, self.batches_per_epoch()):
@@ -358,8 +211,6 @@ class ImageFolderLoader:
         self, epoch: int = 0, start: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start, start+1, ...`` of ``epoch``."""
-        from reslab.data.loaders import seeded_generator
-
         self.sampler.epoch, self.sampler.start = epoch, start
         rank, world = self.shard
         for b, (images, labels, skipped) in enumerate(self.loader, start):
@@ -405,8 +256,6 @@ def imagenet_normalize(
     ``.safetensors`` path) the mean is fitted once: the file records its inputs (folder, sizes,
     limit and a digest of the file list) and is used again while they are unchanged.
     """
-    from reslab.data.transforms import Normalize
-
     if mode == "channel":
         return Normalize(
             torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1),
@@ -442,8 +291,6 @@ def imagenet_normalize(
     mean = (total / max(n, 1) / 255)[None].float()
     if cache is not None:
         from safetensors.torch import save
-
-        from reslab.engine.checkpoint import atomic_write
 
         atomic_write(cache, save({"mean": mean.contiguous()}, metadata=inputs))
     return Normalize(mean, torch.ones(1, 1, 1, 1), "pixel")

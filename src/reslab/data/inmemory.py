@@ -7,7 +7,7 @@ uint8) fits in memory, where DataLoader workers decoding JPEGs would take the co
 needs. :func:`decode_folder` decodes it once per process (kept under a key of its file list, sizes
 and modification times); :class:`FolderTensorLoader` then draws each training batch's views as
 tensor operations on the batch's device: the paper's scale augmentation (shorter side uniform in
-[smin, smax], resized bilinear with antialiasing, exactly as :func:`~reslab.data.imagefolder.resize_shorter`
+[smin, smax], resized bilinear with antialiasing, exactly as :func:`~reslab.data.views.resize_shorter`
 resizes one image), a random crop, a horizontal flip and PCA lighting. The random numbers of batch
 ``b`` of epoch ``e`` come from a generator seeded by ``(seed, e, b)``, so a run resumed at any batch
 sees the batches of an uninterrupted run. Test views: the centre crop after resizing the shorter
@@ -25,8 +25,11 @@ from pathlib import Path
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from reslab.data.imagefolder import CorruptImageError, Lighting, decode, resize_shorter, scan_folder
+from reslab.data.decode import CorruptImageError, decode
+from reslab.data.imagefolder import scan_folder
 from reslab.data.loaders import seeded_generator
+from reslab.data.transforms import Lighting
+from reslab.data.views import resize_shorter
 from reslab.errors import DataError
 
 Sample = tuple[Path, int]
@@ -105,7 +108,7 @@ def decode_folder(
 ) -> DecodedFolder:
     """The images of ``root`` (or the given ``samples`` of it) decoded into one uint8 tensor, once
     per process (kept under a key of the file list, sizes and modification times). A file that
-    cannot be decoded raises :class:`~reslab.data.imagefolder.CorruptImageError` naming it, or
+    cannot be decoded raises :class:`~reslab.data.decode.CorruptImageError` naming it, or
     with ``on_error="skip"`` is left out and listed in ``skipped``; images of another size than
     the first are a :class:`~reslab.errors.DataError`."""
     root = Path(root)
@@ -153,7 +156,7 @@ def pixel_mean(images: torch.Tensor, resize: int, crop: int, limit: int = 10000)
 
 def resized_shape(h: int, w: int, size: int) -> tuple[int, int]:
     """(height, width) of an ``h`` x ``w`` image resized to shorter side ``size`` (as
-    :func:`~reslab.data.imagefolder.resize_shorter`)."""
+    :func:`~reslab.data.views.resize_shorter`)."""
     if h <= w:
         return size, max(size, round(w * size / h))
     return max(size, round(h * size / w)), size

@@ -1,11 +1,14 @@
-"""Batched CIFAR augmentation and normalisation: tensor operations on whichever device holds the data.
+"""Batched augmentation and normalisation: tensor operations on whichever device holds the batch.
 
     uv run python -c "import reslab.data.transforms as t; help(t.random_crop_flip)"
 
-The paper's training augmentation is "4 pixels padded on each side, a 32x32 crop randomly sampled
-from the padded image or its horizontal flip". Here it is one gather over the whole batch, on uint8
-(the padding is zero, i.e. black, before normalisation). The random numbers are drawn on the CPU
-from an explicit generator and then moved, so the CPU and a GPU give the same result for one seed.
+CIFAR: the paper's training augmentation is "4 pixels padded on each side, a 32x32 crop randomly
+sampled from the padded image or its horizontal flip". Here it is one gather over the whole batch,
+on uint8 (the padding is zero, i.e. black, before normalisation). The random numbers are drawn on
+the CPU from an explicit generator and then moved, so the CPU and a GPU give the same result for
+one seed. ImageNet: AlexNet's PCA lighting noise (:class:`Lighting`), added to a whole batch after
+its per-image views (:mod:`reslab.data.views`). Both: :class:`Normalize`, the input normalisation.
+Plain torch (no ``torchvision``), so that the CIFAR path imports nothing more.
 """
 
 from __future__ import annotations
@@ -15,6 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 NORMALIZATIONS = ("pixel", "channel")
+# AlexNet's PCA of ImageNet RGB pixels (in [0, 1]): eigenvalues and eigenvectors (columns).
+PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
 
 
 def crop_flip_params(
@@ -50,6 +60,26 @@ def random_crop_flip(
     ``images`` is N x C x H x W (any dtype, any device); the result has the same shape.
     """
     return crop_flip(images, *crop_flip_params(len(images), generator, pad, flip), pad=pad)
+
+
+class Lighting(nn.Module):
+    """AlexNet PCA lighting noise: each image gets ``eigvec @ (alpha * eigval)`` added to all of its
+    pixels (in [0, 1] units), with ``alpha ~ N(0, std)`` drawn per image and eigenvector."""
+
+    def __init__(self, std: float = 0.1) -> None:
+        super().__init__()
+        self.std = std
+        self.register_buffer("eigval", torch.tensor(PCA_EIGVAL))
+        self.register_buffer("eigvec", torch.tensor(PCA_EIGVEC))
+
+    def offsets(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """N x 3 RGB offsets, one per image."""
+        alpha = torch.randn(n, 3, generator=generator).to(self.eigval.device) * self.std
+        return (alpha * self.eigval) @ self.eigvec.T
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``x``: float N x 3 x H x W in [0, 1] units."""
+        return x + self.offsets(x.shape[0], generator)[:, :, None, None].to(x.dtype)
 
 
 class Normalize(nn.Module):

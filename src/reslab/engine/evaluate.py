@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reslab.data.imagefolder import MULTISCALE_SIZES, ImageFolder, decode, resize_shorter
+from reslab.data.decode import decode
+from reslab.data.imagefolder import ImageFolder
+from reslab.data.views import MULTISCALE_SIZES, resize_shorter
 from reslab.engine.runtime import autocast
 from reslab.errors import ConfigError, WeightsError
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from reslab.data.imagefolder import IMG_EXTENSIONS, CenterCrop, CorruptImageError, decode
+from reslab.data.decode import CorruptImageError, decode
+from reslab.data.imagefolder import IMG_EXTENSIONS
+from reslab.data.views import CenterCrop
 from reslab.errors import ConfigError, DataError, MissingFileError, WeightsError
 
 Prediction = tuple[Path, list[tuple[str, float]]]  # an image and its (class, probability) pairs

@@ -45,7 +45,10 @@ def test_onnx_export_matches_pytorch_on_real_images(test_images, tmp_path, capsy
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     ours = np.concatenate([session.run(None, {"pixels": images[i : i + 500].numpy()})[0] for i in range(0, 2000, 500)])  # fmt: skip
     reference = _torch_logits(images).numpy()
-    assert np.abs(ours - reference).max() < 1e-4
+    # one forward pass by other kernels (onnxruntime's, summing in another order): equal to
+    # float32 rounding, which scales with the logits (4e-7 of the largest on an Intel Xeon); a wrong
+    # export (normalisation, channel order, a layer) moves them by whole units
+    assert np.abs(ours - reference).max() <= 1e-5 * np.abs(reference).max()
     agree = (ours.argmax(1) == reference.argmax(1)).mean()
     assert agree >= 0.999, agree
     error = 100 * (ours.argmax(1) != labels.numpy()).mean()
@@ -60,6 +63,8 @@ def test_torchscript_and_exported_program_agree(test_images, tmp_path):
     reference = _torch_logits(x)
     info = export("resnet20.cifar10", "torchscript", tmp_path / "r20.pt")
     scripted = torch.jit.load(info["file"])
+    # one forward pass through the same ATen ops, at other batch sizes (5 below) where the CPU's
+    # kernels may block the sums otherwise: equal to rounding (bit-identical on an Intel Xeon)
     torch.testing.assert_close(scripted(x), reference, rtol=1e-4, atol=1e-4)
     export("resnet20.cifar10", "exported-program", tmp_path / "r20.pt2")
     program = torch.export.load(str(tmp_path / "r20.pt2"))

@@ -166,7 +166,7 @@ def test_analyze_cli_errors(capsys, tmp_path):
 
 
 def test_weights_from_a_plain_state_dict(tmp_path):
-    from reslab.engine.weights import load_model
+    from reslab.models.factory import load_model
 
     source = create_model("resnet8", zero_init_residual=True)
     torch.save(source.state_dict(), tmp_path / "weights.pt")

@@ -23,7 +23,7 @@ from reslab.engine.checkpoint import (
 from reslab.engine.logging import read_jsonl
 from reslab.engine.optim import PlateauSchedule
 from reslab.engine.runtime import compile_mode
-from reslab.engine.weights import load_weights
+from reslab.models.factory import load_weights
 
 
 def test_paper_sgd_update_rule():

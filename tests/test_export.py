@@ -22,8 +22,9 @@ def test_images(data_dir):
 
 def _torch_logits(images):
     from reslab.engine.export import Deployed
-    from reslab.engine.weights import load_weights, normalizer_from_metadata
     from reslab.hub import weights_path
+    from reslab.models.factory import load_weights
+    from reslab.weights.trained import normalizer_from_metadata
 
     path = weights_path("resnet20.cifar10")
     model, meta = load_weights(path)

@@ -14,15 +14,11 @@ from PIL import Image
 
 from reslab import hub
 from reslab.cli import main
-from reslab.engine.weights import (
-    initialise_from,
-    load_model,
-    load_weights,
-    read_metadata,
-    save_weights,
-)
 from reslab.errors import ConfigError, WeightsError
 from reslab.models import create_model
+from reslab.models.factory import load_model, load_weights, save_weights, source_state
+from reslab.weights.checks import initialise_from
+from reslab.weights.files import read_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 LEDGER_R20 = REPO / "results" / "table6" / "resnet20-seed0"
@@ -135,7 +131,7 @@ def test_state_dicts_that_torch_loads_strictly_load(tmp_path, suffix):
             assert a.dtype == b.dtype and torch.equal(a, b), (what, name)
         # fine-tuning's start (`--init`): every tensor but the new classifier is taken
         _, new = initialise_from(
-            create_model("resnet20", num_classes=2), hub.source_state(path)[0], str(path), None
+            create_model("resnet20", num_classes=2), source_state(path)[0], str(path), None
         )
         assert new == ["fc.weight", "fc.bias"], what
 
@@ -199,10 +195,10 @@ def test_a_plain_bottleneck_state_dict_needs_a_declared_layout(tv50, tmp_path):
             torch.testing.assert_close(model.eval()(x), source(x))
     assert load_model("resnet50", path, stride_in="1x1").arch["stride_in"] == "1x1"  # declared
     # train.init: a plain file is refused, the weights name loads into its own layout only
-    state, arch, label = hub.source_state(str(path))
+    state, arch, label = source_state(str(path))
     with pytest.raises(WeightsError, match="plain state dict of a bottleneck network"):
         initialise_from(create_model("resnet50", num_classes=10), state, label, arch)
-    state, arch, label = hub.source_state("resnet50.imagenet")
+    state, arch, label = source_state("resnet50.imagenet")
     with pytest.raises(WeightsError, match=r"holds another network \(.*stride_in=3x3.*stride_in=1x1"):  # fmt: skip
         initialise_from(create_model("resnet50", num_classes=10), state, label, arch)
     loaded, new = initialise_from(
@@ -210,7 +206,7 @@ def test_a_plain_bottleneck_state_dict_needs_a_declared_layout(tv50, tmp_path):
     )
     assert new == ["fc.weight", "fc.bias"] and len(loaded) == len(source.state_dict()) - 2
     # a reslab checkpoint declares the layout in its config
-    from reslab.engine.weights import read_weights_file
+    from reslab.models.factory import read_weights_file
 
     ckpt = tmp_path / "final.pt"
     config = {"model": {"name": "resnet50", "options": {"stride_in": "3x3"}}}

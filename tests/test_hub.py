@@ -11,9 +11,9 @@ import torch
 
 from reslab import hub
 from reslab.cli import main
-from reslab.engine.weights import load_weights, save_weights
 from reslab.errors import MissingFileError, WeightsError
 from reslab.models import create_model
+from reslab.models.factory import load_weights, save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 LEDGER_R20 = REPO / "results" / "table6" / "resnet20-seed0" / "model.safetensors"
@@ -37,7 +37,7 @@ def test_a_name_loads_the_ledger_weights_it_names():
 
 def test_the_index_holds_only_runs_that_re_evaluate_to_their_claim(data_dir, tmp_path):
     from reslab.engine.evaluate import evaluate_weights
-    from reslab.hub.build import build_index
+    from reslab.experiments.index import build_index
 
     results = tmp_path / "results"
     for run, claim_offset in (("good-seed0", 0.0), ("bad-seed1", 3.0)):

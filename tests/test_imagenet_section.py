@@ -119,7 +119,7 @@ def test_fig4_and_tables_from_tiny_runs(small_imagenette, tmp_path):
     assert not (results / "table3" / "resnet34-seed0-sched1of540").exists()  # trained once, in fig4
     # the weights index re-evaluates them from files (DataLoader workers) to the error that the
     # in-memory 10-crop test gave
-    from reslab.hub.build import build_index
+    from reslab.experiments.index import build_index
 
     index = build_index(
         results, verify=True, data_dir=str(small_imagenette), out=tmp_path / "index.json"

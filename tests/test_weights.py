@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from reslab.cli import main
-from reslab.engine.weights import load_model, load_weights, read_metadata, save_weights
 from reslab.errors import WeightsError
 from reslab.models import create_model
+from reslab.models.factory import load_model, load_weights, save_weights
+from reslab.weights.files import read_metadata
 
 CIFAR_META = {
     "dataset": "cifar10",

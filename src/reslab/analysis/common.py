@@ -1,4 +1,4 @@
-"""What every analysis needs besides a model (``reslab.engine.weights.load_model``): CIFAR-10
+"""What every analysis needs besides a model (``reslab.models.factory.load_model``): CIFAR-10
 test batches normalised as the weights were trained, and the output files.
 
 uv run python -c "from reslab.analysis.common import normalizer_for; print(normalizer_for(None, '../shared/data'))"
@@ -18,7 +18,8 @@ def normalizer_for(weights: str | Path | None, data_dir: str | Path | None):
     CIFAR-10 training set."""
     from reslab.data.cifar import load_cifar10
     from reslab.data.transforms import Normalize
-    from reslab.engine.weights import find_weights, normalizer_from_metadata, read_metadata
+    from reslab.weights.files import find_weights, read_metadata
+    from reslab.weights.trained import normalizer_from_metadata
 
     if weights is not None:
         path = Path(weights)
@@ -76,8 +77,8 @@ def run(
     None), run the analysis on the first ``limit`` CIFAR-10 test images (0: all) and write
     ``KIND.json``, ``.png`` and ``.txt`` into ``out``; returns (the text summary, ``out``)."""
     from reslab.analysis import gradients, lesion, responses, shattered
-    from reslab.engine.weights import load_model
     from reslab.errors import ConfigError
+    from reslab.models.factory import load_model
 
     if kind not in KINDS:
         raise ConfigError(f"analysis {kind!r} is unknown; valid choices: {', '.join(KINDS)}")

@@ -50,7 +50,7 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
 def imagenet_backbone(name: str, weights: str | Path | None = None) -> ResNet:
     """A reslab ImageNet-family model, with ``weights`` (a reslab ``model.safetensors``, a run
     directory, or a torchvision-layout state-dict file) or He-initialised when None."""
-    from reslab.engine.weights import load_model
+    from reslab.models.factory import load_model
 
     model = load_model(name, weights)
     if getattr(model, "stem_kind", "") != "imagenet":

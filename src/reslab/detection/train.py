@@ -54,8 +54,8 @@ from reslab.engine.logging import JsonlLogger, json_bytes, read_jsonl
 from reslab.engine.rundir import RunLock, finished_summary, resume_point, start_over
 from reslab.engine.runtime import code_version, describe_device, resolve_device
 from reslab.engine.trainer import Meter, TrainState, train_loop
-from reslab.engine.weights import find_weights
 from reslab.errors import DataError, DivergedError, WeightsError
+from reslab.weights.files import find_weights
 
 
 @dataclass
@@ -382,7 +382,8 @@ def save_detector(model: torch.nn.Module, path: Path, cfg: DetConfig, classes: l
 def load_detector(weights: str | Path) -> tuple[torch.nn.Module, DetConfig, list[str]]:
     """A detector saved by :func:`fit_detector` (a ``model.safetensors`` or its run directory);
     anything else is a :class:`WeightsError` naming the file."""
-    from reslab.engine.weights import load_state, meta_value, read_metadata, read_state_dict
+    from reslab.weights.checks import load_state
+    from reslab.weights.files import meta_value, read_metadata, read_tensors
 
     path = find_weights(weights)
     what = "give the run directory or model.safetensors of `reslab detect train`"
@@ -406,7 +407,7 @@ def load_detector(weights: str | Path) -> tuple[torch.nn.Module, DetConfig, list
     cfg.model.weights = None  # the saved state has the trained backbone
     model = make_model(cfg, len(classes))
     load_state(
-        model, read_state_dict(path), path, f"{cfg.model.design} {cfg.model.backbone} detector"
+        model, read_tensors(path).state, path, f"{cfg.model.design} {cfg.model.backbone} detector"
     )
     return model, cfg, classes
 

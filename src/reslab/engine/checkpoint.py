@@ -12,19 +12,18 @@ crash never leaves half a checkpoint under the real name); ``atomic_write``, ``w
 from __future__ import annotations
 
 import io
-import pickle
 import random
 import re
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from reslab.errors import CheckpointError, MissingFileError
+from reslab.errors import CheckpointError
 from reslab.files import TEMPORARY_GLOB, atomic_write, write_all, write_error
+from reslab.weights.files import load_checkpoint
 
 __all__ = [
     "CheckpointError",
@@ -80,36 +79,6 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return atomic_write(path, buffer.getbuffer())
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``: tensors and plain data only, never code."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"checkpoint {path} does not exist")
-    if not (zipfile.is_zipfile(path) or _starts_like_a_pickle(path)):  # else: damaged, or junk
-        raise CheckpointError(
-            f"cannot read checkpoint {path} (truncated or corrupt: not the zip archive that "
-            "torch.save writes, nor a pickle)"
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"refusing to load {path}: it holds objects other than tensors and plain data, and "
-            f"loading it would run code from the file ({str(err).splitlines()[0]}). Only load "
-            "checkpoints you trust; reslab writes plain-data checkpoints."
-        ) from None
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as err:
-        raise CheckpointError(
-            f"cannot read checkpoint {path} (truncated or corrupt: {str(err).splitlines()[0]})"
-        ) from None
-
-
-def _starts_like_a_pickle(path: Path) -> bool:
-    """Whether ``path`` begins with a pickle's protocol opcode (torch's legacy format does too)."""
-    with open(path, "rb") as f:
-        return f.read(1) == b"\x80"
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:

@@ -201,12 +201,12 @@ def _evaluate_file(path, data_dir, split, eval_dir, views, limit, device, batch_
     from reslab.data.loaders import TensorLoader
     from reslab.data.paths import data_root
     from reslab.engine.runtime import resolve_device
-    from reslab.engine.weights import load_weights, meta_int, normalizer_from_metadata
+    from reslab.weights.files import meta_int
+    from reslab.weights.trained import load_trained
 
-    model, meta = load_weights(path)
+    trained = load_trained(path)
     device = resolve_device(device)
-    model = model.to(device)
-    normalize = normalizer_from_metadata(meta, path).to(device)
+    model, meta, normalize = trained.model.to(device), trained.meta, trained.normalize.to(device)
     if meta.get("dataset", "cifar10") == "cifar10":
         if views not in ("single", "center"):
             raise ConfigError(

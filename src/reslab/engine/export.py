@@ -46,8 +46,7 @@ def export(
 ) -> dict[str, Any]:
     """Export the weights ``source`` (run directory, file or weights name) to ``out``; returns
     what the file holds (format, input convention, classes)."""
-    from reslab.engine.weights import class_names, load_weights, normalizer_from_metadata
-    from reslab.hub import weights_path
+    from reslab.weights.trained import load_trained
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r} is invalid; valid choices: {', '.join(FORMATS)}")
@@ -61,10 +60,9 @@ def export(
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():
             raise ConfigError(f"--out {out}: {parent} is a file, not a directory")
-    path = weights_path(source)
-    model, meta = load_weights(path)
-    classes = class_names(meta, model.fc.out_features, path)
-    net = (model if bare else Deployed(model, normalizer_from_metadata(meta, path))).eval()
+    trained = load_trained(source)
+    model, meta, path, classes = trained.model, trained.meta, trained.path, trained.classes
+    net = (model if bare else Deployed(model, trained.normalize)).eval()
     dtype = torch.float32 if bare else getattr(torch, input_dtype)
     example = torch.zeros(2, *model.default_input_size, dtype=dtype)
     info = {

@@ -41,7 +41,7 @@ def image_files(target: str | Path) -> list[Path]:
 def refuse_detector(source: str | Path) -> None:
     """:class:`WeightsError` naming ``reslab detect eval`` when ``source`` (a run directory or
     weights file) holds a detector: metadata with the detection config and no classifier."""
-    from reslab.engine.weights import read_metadata
+    from reslab.weights.files import read_metadata
 
     source = Path(source)
     weights = source / "model.safetensors" if source.is_dir() else source
@@ -65,26 +65,25 @@ def predict(
     is no image, or a folder where no file is one, is a :class:`DataError` (the folder's when the
     iterator ends); a detector's weights are a :class:`WeightsError` (see :func:`refuse_detector`)."""
     from reslab.engine.runtime import resolve_device
-    from reslab.engine.weights import class_names, load_weights, normalizer_from_metadata
+    from reslab.weights.files import meta_int
+    from reslab.weights.trained import load_trained
 
     if topk < 1:
         raise ConfigError(f"--topk {topk} must be >= 1")
-    from reslab.hub import weights_path
-
     files = image_files(target)
     refuse_detector(weights)
-    weights = weights_path(weights)
-    model, meta = load_weights(weights)
-    names = class_names(meta, model.fc.out_features, weights)
-    device = resolve_device(device)
-    model, normalize = model.to(device).eval(), normalizer_from_metadata(meta, weights).to(device)
+    trained = load_trained(weights)
+    names, meta, device = trained.classes, trained.meta, resolve_device(device)
+    model, normalize = trained.model.to(device).eval(), trained.normalize.to(device)
     if meta.get("dataset", "cifar10") == "cifar10":
         side = model.default_input_size[-1]
 
         def view(image):
             return TF.resize(image, [side, side], antialias=True)
     else:
-        view = CenterCrop(int(meta["resize"]), int(meta["crop"]))
+        view = CenterCrop(
+            meta_int(meta, "resize", trained.path), meta_int(meta, "crop", trained.path)
+        )
     bad: list[str] = []
 
     def predictions() -> Iterator[Prediction]:

@@ -57,9 +57,10 @@ from reslab.engine.runtime import (
     resolve_precision,
 )
 from reslab.engine.step import train_step
-from reslab.engine.weights import save_weights
 from reslab.errors import ConfigError, DivergedError, MissingFileError, require_extra
 from reslab.models import create_model
+from reslab.models.factory import save_weights, source_state
+from reslab.weights.checks import initialise_from
 
 
 @dataclass
@@ -669,9 +670,6 @@ def _initialise(
     """``train.init``: start from the tensors of another run, file or weights name; prints which
     were loaded and which are new (the classifier, when the classes differ). ``declared``: the
     config names the bottleneck layout (``model.options.stride_in``) a plain state dict has."""
-    from reslab.engine.weights import initialise_from
-    from reslab.hub import source_state
-
     state, arch, label = source_state(source)
     loaded, new = initialise_from(model, state, label, arch, declared)
     if info.is_main:

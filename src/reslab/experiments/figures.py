@@ -203,7 +203,7 @@ def fig7(
 
     from reslab.analysis.common import cifar_test_batches, normalizer_for
     from reslab.analysis.responses import layer_responses
-    from reslab.engine.weights import load_model
+    from reslab.models.factory import load_model
 
     results = Path(results)
     runs = finished_runs(results, schedule, "fig6", "table6")  # e.g. ResNet-110 from Table 6

@@ -1,9 +1,10 @@
-"""Generating ``reslab/hub/index.json`` from the results ledger (``reslab report`` calls this).
+"""The weights index ``reslab/hub/index.json``, generated from the results ledger (``reslab report``
+calls this).
 
     uv run reslab report --verify     # re-evaluates the runs not yet checked, then writes the index
 
-A ledger run becomes an entry when it is a finished CIFAR-10 run whose ``model.safetensors``
-re-evaluates on the test set to its summary's error (within ``TOLERANCE`` points); the
+A ledger run becomes an entry when it is a finished run (CIFAR-10, or the imagenette64 protocol's)
+whose ``model.safetensors`` re-evaluates to its summary's error (within ``TOLERANCE`` points); the
 re-evaluation is kept in the run's ``reeval.json`` with the file's sha256, so a later report
 reuses it and a changed file is checked again.
 """
@@ -81,9 +82,10 @@ def build_index(
     """Write the index from the ledger under ``results``; returns it, with ``skipped`` listing
     the runs left out and why. ``verify`` re-evaluates runs without a current ``reeval.json``."""
     from reslab.engine.logging import read_json
-    from reslab.engine.weights import model_options, read_metadata
     from reslab.experiments.ledger import collect
     from reslab.models import create_model
+    from reslab.models.factory import model_options
+    from reslab.weights.files import read_metadata
 
     results = Path(results)
     entries: dict[str, Any] = {}

@@ -141,7 +141,7 @@ def run_queue(
     """Train the queue's unfinished runs in order (see the module doc); returns 0 when every entry
     is done, 130 when a stop (SIGINT/SIGTERM) interrupted it (the same command resumes)."""
     from reslab.experiments.report import build
-    from reslab.experiments.reproduce import reproduce_and_report
+    from reslab.experiments.run import reproduce_and_report
 
     entries = load_queue(path)
     results, runs_dir = Path(results_dir), Path(runs_dir)

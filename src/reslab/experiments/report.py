@@ -105,7 +105,7 @@ def build(
     results: str | Path = "results", *, verify: bool = False, data_dir: str | None = None
 ) -> str:
     """Rebuild ``results/README.md``; for the checkout's own ledger also the weights index
-    (:mod:`reslab.hub.build`; ``verify`` re-evaluates the runs not checked yet)."""
+    (:mod:`reslab.experiments.index`; ``verify`` re-evaluates the runs not checked yet)."""
     results = Path(results)
     weights = _weights_section(results, verify, data_dir)
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -170,8 +170,8 @@ def build(
 
 def _weights_section(results: Path, verify: bool, data_dir: str | None) -> list[str]:
     """The weights index, rebuilt when ``results`` is the checkout's ledger, as report lines."""
+    from reslab.experiments.index import build_index
     from reslab.hub import CHECKOUT_RESULTS
-    from reslab.hub.build import build_index
 
     if results.resolve() != CHECKOUT_RESULTS.resolve():
         return []

@@ -35,9 +35,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from reslab.errors import MissingFileError, WeightsError
+from reslab.weights.files import find_weights, read_tensors
 
 INDEX = Path(__file__).resolve().parent / "index.json"
 CHECKOUT_RESULTS = Path(__file__).resolve().parents[3] / "results"  # a source checkout's ledger
@@ -154,7 +153,7 @@ def download(url: str, target: Path, expected_sha256: str, timeout: float = 60) 
         Path(tmp).unlink(missing_ok=True)
 
 
-def _torchvision_state(entry: dict[str, Any]) -> dict[str, Any]:
+def torchvision_state(entry: dict[str, Any]) -> dict[str, Any]:
     """torchvision's state dict: through torchvision (online, cached), else a local file."""
     import torch
     from torchvision.models import get_weight
@@ -167,9 +166,7 @@ def _torchvision_state(entry: dict[str, Any]) -> dict[str, Any]:
         candidates.insert(0, given / filename if given.is_dir() else given)
     for path in candidates:
         if path.is_file():
-            from reslab.engine.weights import read_state_dict
-
-            return read_state_dict(path)
+            return read_tensors(path).state
     try:
         return weights.get_state_dict(progress=True)
     except (urllib.error.URLError, OSError) as err:
@@ -177,65 +174,6 @@ def _torchvision_state(entry: dict[str, Any]) -> dict[str, Any]:
             f"{entry['name']}: cannot download {weights.url} ({err}); offline, put {filename} in "
             f"{candidates[-1].parent} or point RESLAB_TORCHVISION_WEIGHTS at it"
         ) from None
-
-
-def load_pretrained(name: str, weights: str, **options: Any) -> nn.Module:
-    """Model ``name`` with the named ``weights`` (a tag such as ``cifar10``, a full name such as
-    ``resnet20.cifar10_seed0``, or a path to a weights file). The entry's layout is the one
-    loaded; other ``options`` must agree with it."""
-    from reslab.engine.weights import is_weights_name, load_model, load_state
-    from reslab.models import create_model
-
-    if Path(weights).exists() or not is_weights_name(str(weights)):
-        return load_model(name, weights, **options)
-    entry = resolve(name, weights)
-    if entry["model"] != name:
-        raise WeightsError(f"{entry['name']} holds {entry['model']} weights, not {name}")
-    clash = {k: v for k, v in options.items() if entry["model_options"].get(k, v) != v}
-    if clash:
-        raise WeightsError(
-            f"{entry['name']} holds the layout {entry['model_options']}; {clash} was asked for"
-        )
-    layout = {**entry["model_options"], **options}
-    if entry.get("source") == "torchvision":
-        model = create_model(name, **layout)
-        load_state(model, _torchvision_state(entry), Path(entry["torchvision"]), name)
-        return model
-    return load_model(name, weights_file(entry), **layout)
-
-
-def source_state(source: str | Path) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
-    """The tensors to start a run from (``train.init``): a run directory, a weights file or a
-    weights name; with the architecture the source records or declares (a reslab file's, a
-    reslab checkpoint's config, a weights name's entry; None for plain state dicts) and a label
-    for messages."""
-    from reslab.engine.weights import find_weights, read_weights_file
-
-    path = Path(source)
-    if path.is_dir() or path.is_file():
-        path = find_weights(path) if path.is_dir() else path
-        state, arch = read_weights_file(path)
-        return state, arch, str(path)
-    if "." not in str(source) or Path(source).suffix in (".safetensors", ".pt", ".pth"):
-        raise MissingFileError(
-            f"train.init: {source} is neither a weights file, a run directory nor a weights "
-            f"name (`reslab weights list`)"
-        )
-    entry = resolve(str(source))
-    if entry.get("source") == "torchvision":
-        return _torchvision_state(entry), entry_architecture(entry), entry["name"]
-    state, arch = read_weights_file(weights_file(entry))
-    return state, arch, entry["name"]
-
-
-def entry_architecture(entry: dict[str, Any]) -> dict[str, Any]:
-    """The layout an entry's weights hold (torchvision's: v1.5 bottlenecks), as ``model.arch``."""
-    import torch
-
-    from reslab.models import create_model
-
-    with torch.device("meta"):  # the layout only: no memory, no initialisation
-        return create_model(entry["model"], **entry["model_options"]).arch
 
 
 def table() -> str:
@@ -257,8 +195,6 @@ def table() -> str:
 def weights_path(source: str | Path) -> Path:
     """A run directory or weights file as given, else the file of the reslab weights named
     ``source`` (``resnet56.cifar10``)."""
-    from reslab.engine.weights import find_weights
-
     path = Path(source)
     if path.exists() or "." not in path.name or path.suffix in (".safetensors", ".pt", ".pth"):
         return find_weights(path)

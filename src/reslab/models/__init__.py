@@ -5,8 +5,9 @@ uv run python -c "from reslab.models import create_model; print(create_model('re
 
 from reslab.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 from reslab.models.complexity import Complexity, complexity, count_macs, count_params
+from reslab.models.factory import create_model
 from reslab.models.layers import PadShortcut, ProjectionShortcut, shortcut_factory
-from reslab.models.registry import create_model, get_model_spec, list_models, register_model
+from reslab.models.registry import get_model_spec, list_models, register_model
 from reslab.models.resnet import ResNet, cifar_resnet, imagenet_resnet
 
 __all__ = [

@@ -89,19 +89,6 @@ def get_model_spec(name: str) -> ModelSpec:
     )
 
 
-def create_model(name: str, weights: str | None = None, **options: Any) -> nn.Module:
-    """Build model ``name`` with keyword ``options`` (``shortcut``, ``num_classes``, ...).
-
-    ``weights`` loads trained weights by name (``"cifar10"``, ``"resnet20.cifar10_seed0"``,
-    ``"imagenet"`` for torchvision's; see :mod:`reslab.hub`, the one place above the models that
-    this reaches into) or from a file."""
-    if weights is not None:
-        from reslab.hub import load_pretrained
-
-        return load_pretrained(name, weights, **options)
-    return get_model_spec(name).build(**options)
-
-
 # stem -> (residual depths, plain depths, pre-activation (depth, block) pairs) of the paper
 PAPER_MODELS = {
     "imagenet": (IMAGENET_DEPTHS, IMAGENET_DEPTHS, [(d, None) for d in IMAGENET_DEPTHS]),

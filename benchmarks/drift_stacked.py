@@ -13,19 +13,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 from reslab.config import load_config
 from reslab.engine import fit
 from reslab.engine.checkpoint import load_checkpoint
 from reslab.engine.packed import fit_packed
 
 
-def config(steps: int, seed: int = 0):
+def config(steps: int, seed: int = 0, threads: int = 2):
     return load_config("cifar10/resnet20", [
         f"train.iterations={steps}", "train.batch_size=32", "optim.milestones=[100, 150]",
         "train.log_every=1", "train.eval_every=0", "train.checkpoint_every=1000",
-        "data.eval_split=val5k", "model.name=resnet8", "train.precision=fp32", f"train.seed={seed}",
+        "data.eval_split=val5k", "data.split=train45k", "model.name=resnet8",
+        "train.precision=fp32", f"train.seed={seed}", f"train.threads={threads}",
     ])  # fmt: skip
 
 
@@ -42,12 +41,9 @@ if __name__ == "__main__":
     root = Path(tempfile.mkdtemp())
     for steps in map(int, sys.argv[1:] or ["2", "5", "10"]):
         d = root / str(steps)
-        torch.set_num_threads(2)
         fit(config(steps), d / "alone2", progress=False)
         jobs = [(config(steps, s), d / f"stacked{s}") for s in (0, 1)]
         fit_packed(jobs, 2, mode="stacked")
-        torch.set_num_threads(1)
-        fit(config(steps), d / "alone1", progress=False)
-        torch.set_num_threads(2)
+        fit(config(steps, threads=1), d / "alone1", progress=False)
         print(f"{steps} steps: stacked vs alone {drift(d / 'alone2', d / 'stacked0'):.1e}, "
               f"1 vs 2 threads alone {drift(d / 'alone2', d / 'alone1'):.1e}")  # fmt: skip

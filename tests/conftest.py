@@ -47,6 +47,7 @@ def tiny_config(data_dir):
             "data.split=train45k",
             f"data.data_dir={data_dir}",
             "model.name=resnet8",
+            "train.threads=2",  # runs compared bit for bit must not follow the machine's load
         ]
         return load_config("cifar10/resnet20", overrides + [f"{k}={v}" for k, v in extra.items()])
 
@@ -108,6 +109,7 @@ def table6_args(data_dir, tmp_path):
         "--results", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"),
         "--data-dir", str(data_dir), "--no-progress", "--set", "train.eval_every=0",
         "--set", "data.eval_split=val5k", "--set", "data.split=train45k", "--set", "train.batch_size=32",
+        "--set", "train.threads=2",
     ]  # fmt: skip
 
 

@@ -145,7 +145,7 @@ def _tiny(root, **extra):
         "data.holdout": 4, "train.iterations": 8, "train.batch_size": 8, "train.log_every": 2,
         "train.eval_every": 4, "train.checkpoint_every": 3, "optim.milestones": "[5, 7]",
         "model.name": "resnet18", "train.tensorboard": "false", "data.eval_limit": 0,
-        "train.eval_batch_size": 20, **extra,
+        "train.eval_batch_size": 20, "train.threads": 2, **extra,
     }  # fmt: skip
     return load_config("imagenette64/resnet18", [f"{k}={v}" for k, v in overrides.items()])
 

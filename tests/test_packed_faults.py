@@ -39,7 +39,7 @@ class Pack:
             "--runs-dir", str(root / "runs"), "--results", str(root / "results"),
             "--data-dir", str(data_dir), "--no-progress", "--set", "train.batch_size=32",
             "--set", "train.eval_every=0", "--set", "data.split=train45k",
-            "--set", "data.eval_split=val5k",
+            "--set", "data.eval_split=val5k", "--set", "train.threads=1",
         ]  # fmt: skip
         # a ledger folder that exists: `reproduce` that records nothing into a new one fails
         # writing its README.md (report.build), a bug apart from the packing's

@@ -136,7 +136,7 @@ def test_the_repository_queue_loads_and_reads_as_commands():
 
 def _tiny_queue(root: Path, data_dir: Path) -> None:
     (root / "results").mkdir(parents=True)
-    sets = ["train.batch_size=32", "train.eval_every=0", "data.eval_split=val5k", "data.split=train45k",
+    sets = ["train.batch_size=32", "train.eval_every=0", "data.eval_split=val5k", "data.split=train45k", "train.threads=2",
             f"data.data_dir={data_dir.resolve()}", "train.log_every=4"]  # fmt: skip
     entry = {"experiment": "table6", "only": ["resnet20"], "schedule": "1/400", "set": sets,
              "why": "a tiny stand-in for a paper run"}  # fmt: skip

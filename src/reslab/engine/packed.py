@@ -10,7 +10,9 @@ what. Three ways:
   same time (``threads`` each when given; a run that starts when fewer remain gets a larger share).
   A CPU run's arithmetic depends on its thread count (reductions are split per thread), so a
   packed run is bit-identical to the same run alone *with the same thread count*, which its
-  summary's ``device`` states ("... (1 threads)").
+  summary's ``device`` states ("... (1 threads)"). Under ``train.threads=auto`` a packed run never
+  goes above its share (the share is the most ``auto`` may use); a fixed ``train.threads`` in
+  its config takes the place of the share.
 - ``"streams"``: one thread per run in this process, each on its own CUDA stream, so that the
   runs' whole-step CUDA graphs overlap on the GPU (a small net's steps leave most of it idle).
 - ``"stacked"``: one thread per run in this process; runs of one architecture (and batch size,

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def shared_data_dir() -> Path:
-    return Path(os.environ.get("RESLAB_DATA") or REPO.parent / "shared" / "data")
+    return Path(os.environ.get("RESLAB_DATA") or REPO.parent / "shared" / "data").resolve()
 
 
 @pytest.fixture(scope="session")

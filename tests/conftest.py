@@ -160,13 +160,17 @@ def pytest_configure(config):
     ends, however it ends."""
     from reslab.experiments import queue
 
-    queue.pause(os.getpid())
+    _SESSION_HOLD.append(queue.pause(os.getpid()))
 
 
 def pytest_unconfigure(config):
     from reslab.experiments import queue
 
-    queue.release(os.getpid())
+    while _SESSION_HOLD:
+        queue.release(_SESSION_HOLD.pop())
+
+
+_SESSION_HOLD: list = []  # this session's pause of the queue (a test's own pauses end apart)
 
 
 @pytest.fixture(autouse=True)

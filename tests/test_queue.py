@@ -69,7 +69,7 @@ def test_a_pause_lasts_while_its_holder_lives_and_overlapping_pauses_nest(stand_
     runner, child = stand_in
     first = subprocess.Popen(["sleep", "600"])
     second = subprocess.Popen(["sleep", "600"])
-    assert queue.pause(first.pid) == 1
+    assert queue.pause(first.pid).queues == 1
     assert _state_of(runner) == "T" and _state_of(child) == "T"
     queue.pause(second.pid)
     first.kill()  # killed, as the OOM killer would: the watcher notices all the same
@@ -83,8 +83,17 @@ def test_a_pause_lasts_while_its_holder_lives_and_overlapping_pauses_nest(stand_
 
 def test_release_resumes_at_once(stand_in):
     runner, _ = stand_in
-    with queue.paused() as running:
-        assert running == 1 and _state_of(runner) == "T"
+    with queue.paused() as hold:
+        assert hold.queues == 1 and _state_of(runner) == "T"
+    assert _state_of(runner) != "T"
+    # a benchmark inside the test session, both held by this process: the benchmark's pause
+    # ends alone, the session's stays
+    session = queue.pause(os.getpid())
+    with queue.paused():
+        pass
+    time.sleep(0.5)
+    assert _state_of(runner) == "T"
+    queue.release(session)
     assert _state_of(runner) != "T"
 
 

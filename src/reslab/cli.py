@@ -207,7 +207,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
         )
         print(queue.format_status(entries, rows))
     elif args.verb == "pause":
-        running = queue.pause(args.holder)
+        running = queue.pause(args.holder).queues
         print(f"paused {running} running queue(s) until process {args.holder} exits")
     else:
         queue.release()

@@ -424,9 +424,18 @@ def _exclusive_wait(path: Path) -> Iterator[None]:
             fcntl.flock(file, fcntl.LOCK_UN)
 
 
-def pause(holder: int, timeout_s: float = 30.0) -> int:
-    """Pause every running queue until process ``holder`` exits (or :func:`release`); returns
-    how many queues are running (0: nothing to pause now, but one started meanwhile waits)."""
+@dataclass(frozen=True)
+class Hold:
+    """A pause: its watcher process, and how many queues were running when it took hold."""
+
+    watcher: int
+    queues: int
+
+
+def pause(holder: int, timeout_s: float = 30.0) -> Hold:
+    """Pause every running queue until process ``holder`` exits (or :func:`release` of the
+    returned hold); a queue started meanwhile waits too. Overlapping pauses nest: each has its
+    own watcher, and the queues resume when the last one ends."""
     folder = state_dir() / "holds"
     folder.mkdir(parents=True, exist_ok=True)
     watcher = subprocess.Popen(
@@ -440,37 +449,35 @@ def pause(holder: int, timeout_s: float = 30.0) -> int:
     ready, deadline = folder / f"{watcher.pid}.ready", time.monotonic() + timeout_s
     while not ready.exists():
         if watcher.poll() is not None and not _alive(holder):
-            return 0  # the holder ended before the pause took hold: nothing to pause for
+            return Hold(watcher.pid, 0)  # the holder ended before the pause took hold
         if watcher.poll() is not None or time.monotonic() > deadline:
             raise RunError(f"the queue's pause watcher (pid {watcher.pid}) did not start")
         time.sleep(0.02)
-    return len(_live(state_dir() / "runners"))
+    return Hold(watcher.pid, len(_live(state_dir() / "runners")))
 
 
-def release(holder: int | None = None, timeout_s: float = 30.0) -> None:
-    """End the pauses of ``holder`` (all pauses when None) and wait until their watchers have
-    resumed the queues."""
+def release(hold: Hold | None = None, timeout_s: float = 30.0) -> None:
+    """End ``hold`` (every pause when None: ``reslab queue resume``) and wait until its watcher
+    has resumed the queues (unless another pause remains)."""
     folder = state_dir() / "holds"
-    watchers = []
-    for pid in _live(folder):
-        path = folder / str(pid)
-        with contextlib.suppress(OSError, ValueError):
-            if holder is None or int(path.read_text() or -1) == holder:
-                path.unlink()
-                watchers.append(pid)
+    watchers = [p for p in _live(folder) if hold is None or p == hold.watcher]
+    for pid in watchers:
+        (folder / str(pid)).unlink(missing_ok=True)
     deadline = time.monotonic() + timeout_s
     while any(_alive(pid) for pid in watchers) and time.monotonic() < deadline:
         time.sleep(0.02)
 
 
 @contextlib.contextmanager
-def paused() -> Iterator[int]:
-    """Every running queue paused for the context (benchmarks); yields how many run."""
-    running = pause(os.getpid())
+def paused() -> Iterator[Hold]:
+    """Every running queue paused for the context (benchmarks); yields the hold (``.queues``:
+    how many run). Only this pause ends with the context: one the caller's process holds
+    besides (the test session's) stays."""
+    hold = pause(os.getpid())
     try:
-        yield running
+        yield hold
     finally:
-        release(os.getpid())
+        release(hold)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["hold"]:

@@ -54,24 +54,57 @@ def tiny_config(data_dir):
     return make
 
 
+class _Hooked:
+    """A run's step with a test's ``hook(n, model)`` after each call (n counts every step since
+    the hook was armed, across runs): the engine's seam for injecting faults into any kind of
+    step (eager, graphed, stacked)."""
+
+    def __init__(self, step, model, hook, calls):
+        self.step, self.model, self.hook, self.calls = step, model, hook, calls
+
+    def __len__(self):
+        return len(self.step)
+
+    def start_epoch(self, epoch, start=0):
+        self.step.start_epoch(epoch, start)
+
+    def __call__(self, lr):
+        self.step(lr)
+        self.calls["n"] += 1
+        self.hook(self.calls["n"], self.model)
+
+
 @pytest.fixture
-def interrupt_after(monkeypatch):
+def after_each_step(monkeypatch):
+    """``after_each_step(hook)``: every classification run's step calls ``hook(n, model)`` after
+    its n-th step (the task's ``make_step`` wraps the step it chose); ``monkeypatch.undo()`` ends
+    it."""
+    from reslab.engine.classify import Classification
+
+    def arm(hook):
+        real, calls = Classification.make_step, {"n": 0}
+
+        def make_step(self, parts, *args, **kwargs):
+            step, kind = real(self, parts, *args, **kwargs)
+            return _Hooked(step, parts.model, hook, calls), kind
+
+        monkeypatch.setattr(Classification, "make_step", make_step)
+
+    return arm
+
+
+@pytest.fixture
+def interrupt_after(after_each_step):
     """``interrupt_after(n)``: SIGINT arrives during the engine's training step n (the run
     checkpoints there and stops); ``monkeypatch.undo()`` ends it."""
     import signal
 
-    from reslab.engine import trainer
-
     def arm(steps: int) -> None:
-        real_step, calls = trainer.train_step, {"n": 0}
-
-        def step_then_interrupt(*args, **kwargs):
-            real_step(*args, **kwargs)
-            calls["n"] += 1
-            if calls["n"] == steps:
+        def hook(n, model):
+            if n == steps:
                 signal.raise_signal(signal.SIGINT)
 
-        monkeypatch.setattr(trainer, "train_step", step_then_interrupt)
+        after_each_step(hook)
 
     return arm
 

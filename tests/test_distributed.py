@@ -18,8 +18,8 @@ from reslab.data.builders import fit_normalizer
 from reslab.data.cifar import load_cifar10
 from reslab.data.loaders import TensorLoader
 from reslab.engine.checkpoint import load_checkpoint
+from reslab.engine.classify import build_model, seed_everything
 from reslab.engine.optim import PaperSGD, StepSchedule, set_lr
-from reslab.engine.trainer import build_model, seed_everything
 
 STEPS = 4
 OVERRIDES = [

@@ -12,7 +12,6 @@ import torch
 
 from reslab.config import ConfigError, load_config
 from reslab.engine import PaperSGD, StepSchedule, fit, runtime
-from reslab.engine import trainer as trainer_module
 from reslab.engine.checkpoint import (
     CheckpointError,
     atomic_save,
@@ -163,22 +162,14 @@ def test_atomic_save_leaves_no_temporary(tmp_path):
 PINNED = {"train.threads": 1, "train.precision": "fp32"}
 
 
-def test_interrupted_and_resumed_run_is_bit_identical(tiny_config, tmp_path, monkeypatch):
+def test_interrupted_and_resumed_run_is_bit_identical(
+    tiny_config, tmp_path, monkeypatch, interrupt_after
+):
     cfg = tiny_config(**PINNED)
     straight = fit(cfg, tmp_path / "straight", progress=False)
     assert straight["status"] == "finished" and straight["iterations"] == 9
 
-    calls = {"n": 0}
-    real_step = trainer_module.train_step
-
-    def step_then_interrupt(*args, **kwargs):
-        out = real_step(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 5:  # SIGINT arrives during step 5: checkpoint at 5 and stop
-            signal.raise_signal(signal.SIGINT)
-        return out
-
-    monkeypatch.setattr(trainer_module, "train_step", step_then_interrupt)
+    interrupt_after(5)  # SIGINT arrives during step 5: checkpoint at 5 and stop
     first = fit(cfg, tmp_path / "resumed", progress=False)
     assert first["status"] == "interrupted" and first["iteration"] == 5
     assert [p.name for p in list_checkpoints(tmp_path / "resumed" / "checkpoints")] == [
@@ -335,24 +326,21 @@ def test_code_version_is_read_once_per_process(monkeypatch):
     assert runtime.code_version() == first and first
 
 
-def test_a_paused_stretch_is_left_out_of_the_clock(tiny_config, tmp_path, monkeypatch):
+def test_a_paused_stretch_is_left_out_of_the_clock(
+    tiny_config, tmp_path, monkeypatch, after_each_step
+):
     """A queued run paused for a benchmark (SIGSTOP ... SIGCONT) during step 3: the stretch since
     the clock's last tick (step 3 alone: step 2 logged, step 3 checkpoints) is left out of the
     training time and the throughput; the run is otherwise the same (its weights equal an unpaused
     run's)."""
     import time
 
-    real_step = trainer_module.train_step
-    calls = {"n": 0}
-
-    def paused_step(*args, **kwargs):
-        real_step(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 3:
+    def pause(n, model):
+        if n == 3:
             time.sleep(2.0)  # the pause
             os.kill(os.getpid(), signal.SIGCONT)
 
-    monkeypatch.setattr(trainer_module, "train_step", paused_step)
+    after_each_step(pause)
     summary = fit(tiny_config(**PINNED), tmp_path / "paused", progress=False)
     assert summary["train_time_s"] < 2.0 < summary["wall_time_s"]
     final = load_checkpoint(tmp_path / "paused" / "checkpoints" / "final.pt")

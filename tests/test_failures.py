@@ -18,7 +18,6 @@ import torch
 from reslab.cli import main
 from reslab.config import load_config
 from reslab.engine import fit
-from reslab.engine import trainer as trainer_module
 from reslab.engine.checkpoint import atomic_save, atomic_write, list_checkpoints, load_checkpoint
 from reslab.errors import ConfigError, DivergedError, RunError
 
@@ -107,23 +106,19 @@ def test_negative_limits_and_topk_are_refused(capsys, tmp_path):
 
 
 def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(
-    tiny_config, tmp_path, monkeypatch
+    tiny_config, tmp_path, after_each_step
 ):
     """NaN weights from iteration 7 on: the run stops at the next check (the log at 8), names the
     iteration and the lr, leaves the checkpoint of iteration 6 as it was and writes no final
     weights."""
     cfg = tiny_config(**{"train.checkpoint_every": 3, "train.eval_every": 0})
-    real_step = trainer_module.train_step
-    calls = {"n": 0}
 
-    def step_then_poison(model, *args, **kwargs):
-        real_step(model, *args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] >= 7:
+    def poison(n, model):
+        if n >= 7:
             with torch.no_grad():
                 next(model.parameters()).fill_(float("nan"))
 
-    monkeypatch.setattr(trainer_module, "train_step", step_then_poison)
+    after_each_step(poison)
     run = tmp_path / "run"
     with pytest.raises(DivergedError, match=r"diverged by iteration 8 \(lr 0.001\).*ckpt_0000006"):
         fit(cfg, run, progress=False)

@@ -78,7 +78,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _report(summary: dict) -> int:
-    from reslab.engine.trainer import summary_lines
+    from reslab.engine.summary import summary_lines
 
     if MAIN_PROCESS:
         print("\n".join(summary_lines(summary)))
@@ -109,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from reslab.engine.trainer import demo_overrides
+    from reslab.engine.summary import demo_overrides
 
     summary = _train(args, "cifar10/resnet20", demo_overrides(args.iterations))
     code = _report(summary)

@@ -19,10 +19,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from reslab.engine.loop import TrainState
 from reslab.engine.optim import PaperSGD
 from reslab.engine.runtime import autocast, compile_mode, cudnn_autotune
 from reslab.engine.step import train_step
-from reslab.engine.trainer import EagerStep, TrainState
+from reslab.engine.steps import EagerStep
 from reslab.models import create_model
 
 PAPER_IMAGES = 64_000 * 128  # the CIFAR schedule: 64k iterations of 128 images

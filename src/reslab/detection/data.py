@@ -27,10 +27,27 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from reslab.errors import DataError, MissingFileError
 
 VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
     "tvmonitor",
-)  # fmt: skip
+)
 
 
 class AnnotationError(DataError):
@@ -190,12 +207,15 @@ class VOCDetection(CocoDetection):
                 x1, y1, x2, y2 = (
                     float(b.findtext(k)) - 1 for k in ("xmin", "ymin", "xmax", "ymax")
                 )
-                anns.append({
-                    "id": len(anns) + 1, "image_id": image_id,
-                    "category_id": VOC_CLASSES.index(cls) + 1,
-                    "bbox": [x1, y1, x2 - x1 + 1, y2 - y1 + 1],
-                    "iscrowd": int(obj.findtext("difficult", "0") == "1"),
-                })  # fmt: skip
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": image_id,
+                        "category_id": VOC_CLASSES.index(cls) + 1,
+                        "bbox": [x1, y1, x2 - x1 + 1, y2 - y1 + 1],
+                        "iscrowd": int(obj.findtext("difficult", "0") == "1"),
+                    }
+                )
         cats = [{"id": i + 1, "name": c} for i, c in enumerate(VOC_CLASSES)]
         coco = {"images": images, "annotations": anns, "categories": cats}
         cache = root / f".reslab-{split}-coco.json"

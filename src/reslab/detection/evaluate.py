@@ -31,10 +31,14 @@ def coco_map(dataset: CocoDetection, predictions: Predictions) -> dict[str, floa
             p["boxes"].tolist(), p["scores"].tolist(), p["labels"].tolist(), strict=True
         ):
             x1, y1, x2, y2 = box
-            results.append({
-                "image_id": int(image_id), "category_id": dataset.label_to_cat[int(label)],
-                "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score),
-            })  # fmt: skip
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": dataset.label_to_cat[int(label)],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": float(score),
+                }
+            )
     if not results:
         return {"map": 0.0, "map50": 0.0, "map75": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):

@@ -1,129 +1,54 @@
-"""``reslab detect train|eval``: Faster R-CNN runs with the engine's habits (resumable, logged).
+"""``reslab detect train|eval``: Faster R-CNN runs in the engine's ``fit`` (resumable, logged).
 
     uv run reslab detect train detection/coco128_fpn_resnet50 --set train.iterations=20 --out runs/det
     uv run reslab detect eval runs/det --data ../shared/data/coco128 --visualize runs/det/vis
 
-A run directory holds ``config.yaml``, ``metrics.jsonl`` (losses every ``log_every`` iterations and
-mAP every ``eval_every``), ``checkpoints/`` (atomic; the same command resumes from the newest),
-``summary.json``, ``model.safetensors`` (detector weights with the config in the metadata) and
-``map.png`` (the mAP@.5 curve). The run directory follows the engine's rules
-(:mod:`reslab.engine.rundir`): one process at a time, another config refused with the keys named,
-``--restart`` to start over, a finished run returns its summary. The run trains in the engine's
-loop (:func:`reslab.engine.trainer.train_loop`, the one classification uses): only the steps
-count on its clock, and SIGINT/SIGTERM checkpoint and stop after the step.
+A detection run is a task of :func:`reslab.engine.trainer.fit` (:class:`Detection`), so it has the
+engine's run directory (``config.yaml``, ``metrics.jsonl`` with the loss terms every
+``log_every`` iterations and mAP every ``eval_every``, atomic ``checkpoints/`` resumed by the same
+command, a divergence stop within one logging window, ``summary.json``), plus
+``model.safetensors`` (the detector with its config in the metadata) and ``map.png`` (the mAP@.5
+curve). Its config is :mod:`reslab.detection.config`; detections and mAP are
+:mod:`reslab.detection.infer`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import torch
-import yaml
-from tqdm import tqdm
 
-from reslab.config import (
-    ConfigError,
-    Count,
-    Device,
-    NonNegativeFloat,
-    PositiveFloat,
-    PositiveInt,
-    Range,
-    RunConfig,
-    build_dataclass,
-    read_config_data,
-)
 from reslab.data.paths import data_root
 from reslab.detection.backbones import build_detector
+from reslab.detection.config import DetConfig, load_det_config
 from reslab.detection.data import CocoDetection, VOCDetection, collate, training_target
-from reslab.detection.evaluate import coco_map, voc07_map
-from reslab.engine.checkpoint import (
-    atomic_save,
-    atomic_write,
-    prune_checkpoints,
-    remove_temporaries,
-    rng_state,
-    set_rng_state,
-)
+from reslab.detection.infer import predict, score, visualize
+from reslab.engine.checkpoint import atomic_write
 from reslab.engine.distributed import DistInfo
-from reslab.engine.logging import JsonlLogger, json_bytes, read_jsonl
-from reslab.engine.rundir import RunLock, finished_summary, resume_point, start_over
-from reslab.engine.runtime import code_version, describe_device, resolve_device
-from reslab.engine.trainer import Meter, TrainState, train_loop
-from reslab.errors import DataError, DivergedError, WeightsError
+from reslab.engine.logging import read_jsonl
+from reslab.engine.loop import Parts
+from reslab.engine.runtime import code_version, resolve_device
+from reslab.engine.trainer import fit
+from reslab.errors import ConfigError, DataError, WeightsError
+from reslab.typecheck import build_dataclass
 from reslab.weights.files import find_weights
 
-
-@dataclass
-class DetModelConfig:
-    backbone: str = "resnet50"  # any reslab ImageNet-family model
-    design: Literal["c4", "fpn"] = "fpn"  # "c4" (the paper) or "fpn"
-    weights: str | None = None  # ImageNet weights of the backbone (reslab or torchvision layout)
-    frozen_stages: Count = 1  # stem (+ stages) without gradients
-    norm: Literal["auto", "frozen", "batch"] = "auto"  # auto: frozen with weights, else batch
-    min_size: list[PositiveInt] = field(default_factory=lambda: [800])  # several: multi-scale
-    max_size: PositiveInt = 1333
-    test_size: PositiveInt = 800
-
-
-@dataclass
-class DetDataConfig:
-    format: Literal["coco", "voc"] = "coco"  # images + instances JSON, or PASCAL VOC XML
-    data_dir: str | None = None  # root the paths below are relative to (default: data root)
-    train_images: str = "coco128/train2017"
-    train_annotations: str = "coco128/annotations/instances_train2017.json"
-    val_images: str = "coco128/train2017"
-    val_annotations: str = "coco128/annotations/instances_train2017.json"
-    voc_root: str = "VOCdevkit/VOC2007"
-    train_split: str = "trainval"
-    val_split: str = "test"
-    workers: Count = 2
-    val_limit: Count = 0  # evaluate on the first N validation images (0: all)
-
-
-@dataclass
-class DetOptimConfig:
-    lr: PositiveFloat = 0.02  # for batch 16 (scaled linearly with train.batch_size)
-    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
-    weight_decay: NonNegativeFloat = 1.0e-4
-    milestones: list[PositiveInt] = field(default_factory=lambda: [60000, 80000])
-    gamma: Annotated[float, Range(0, 1, low_open=True)] = 0.1
-    warmup_iterations: Count = 500  # linear warm-up from lr/1000
-    clip_grad_norm: NonNegativeFloat = 0.0  # clip the gradient's global norm to this (0: off)
-
-
-@dataclass
-class DetTrainConfig:
-    iterations: PositiveInt = 90000
-    batch_size: PositiveInt = 2
-    seed: Annotated[int, Range(0, 2**32 - 1)] = 0
-    device: Device = "auto"
-    log_every: PositiveInt = 20
-    eval_every: Count = 0  # 0: at the end only
-    checkpoint_every: PositiveInt = 500
-    keep_checkpoints: PositiveInt = 2
-
-
-@dataclass
-class DetConfig(RunConfig):
-    model: DetModelConfig = field(default_factory=DetModelConfig)
-    data: DetDataConfig = field(default_factory=DetDataConfig)
-    optim: DetOptimConfig = field(default_factory=DetOptimConfig)
-    train: DetTrainConfig = field(default_factory=DetTrainConfig)
-
-    def check(self) -> None:
-        if not self.model.min_size:
-            raise ConfigError("model.min_size: give at least one shorter-side size")
-
-
-def load_det_config(
-    name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()
-) -> DetConfig:
-    return build_dataclass(DetConfig, read_config_data(name_or_path, overrides))
+__all__ = [
+    "DetConfig",
+    "Detection",
+    "DetectionStep",
+    "collate",
+    "describe",
+    "evaluate_run",
+    "fit_detector",
+    "load_det_config",
+    "load_detector",
+    "save_detector",
+    "visualize",
+]
 
 
 def build_datasets(cfg: DetConfig) -> tuple[CocoDetection, CocoDetection]:
@@ -145,12 +70,20 @@ def build_datasets(cfg: DetConfig) -> tuple[CocoDetection, CocoDetection]:
 def make_model(cfg: DetConfig, num_classes: int) -> torch.nn.Module:
     m = cfg.model
     return build_detector(
-        m.backbone, num_classes, m.design, weights=m.weights, frozen_stages=m.frozen_stages,
-        norm=m.norm, min_size=tuple(m.min_size), max_size=m.max_size,
-    )  # fmt: skip
+        m.backbone,
+        num_classes,
+        m.design,
+        weights=m.weights,
+        frozen_stages=m.frozen_stages,
+        norm=m.norm,
+        min_size=tuple(m.min_size),
+        max_size=m.max_size,
+    )
 
 
 def lr_at(cfg: DetConfig, iteration: int) -> float:
+    """The learning rate of ``iteration``: ``optim.lr`` scaled linearly to the batch (from 16),
+    a linear warm-up from a thousandth of it, and the drops at ``optim.milestones``."""
     o = cfg.optim
     lr = o.lr * cfg.train.batch_size / 16 * o.gamma ** sum(iteration >= m for m in o.milestones)
     if iteration < o.warmup_iterations:
@@ -159,62 +92,43 @@ def lr_at(cfg: DetConfig, iteration: int) -> float:
     return lr
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, dataset: CocoDetection, device: torch.device, batch: int = 2,
-            test_size: int | None = None, progress: bool = False) -> dict[int, dict[str, torch.Tensor]]:  # fmt: skip
-    """Detections for every image of ``dataset`` (boxes in the original image's pixels)."""
-    model.eval()
-    if test_size is not None:  # evaluation at one scale
-        model.transform.min_size = (test_size,)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, collate_fn=collate)
-    out = {}
-    for images, targets in tqdm(loader, desc="detect", disable=not progress, leave=False):
-        for t, p in zip(targets, model([im.to(device) for im in images]), strict=True):
-            out[int(t["image_id"])] = {k: v.cpu() for k, v in p.items()}
-    return out
+class WarmupSteps:
+    """:func:`lr_at` as the engine's schedule: a function of the iteration alone (nothing to
+    save, no warm-up by error, no plateau rule)."""
 
+    warmup_ended_at = None
 
-def score(dataset: CocoDetection, predictions: dict, fmt: str) -> dict[str, float]:
-    result = coco_map(dataset, predictions)
-    if fmt == "voc":
-        result["voc07_map"] = voc07_map(dataset, predictions)
-    return result
+    def __init__(self, cfg: DetConfig) -> None:
+        self.cfg = cfg
 
+    def lr(self, iteration: int) -> float:
+        return lr_at(self.cfg, iteration)
 
-def fit_detector(
-    cfg: DetConfig, run_dir: str | Path, *, restart: bool = False, progress: bool = True
-) -> dict[str, Any]:
-    """Train ``cfg`` in ``run_dir`` (resuming from its newest checkpoint; ``restart`` deletes its
-    outputs first); returns the summary (a finished run's at once)."""
-    run_dir = Path(run_dir)
-    with RunLock(run_dir):
-        if restart:
-            start_over(run_dir)
-        summary = finished_summary(cfg, run_dir)
-        if summary is not None:
-            return summary
-        resumed = resume_point(cfg, run_dir)
-        for folder in (run_dir, run_dir / "checkpoints"):
-            remove_temporaries(folder)  # left by a process killed while writing
-        atomic_write(
-            run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode()
-        )
-        return _train_detector(cfg, run_dir, resumed, progress)
+    def observe_train_error(self, error: float, iteration: int) -> bool:
+        return False
+
+    def observe_eval_error(self, error: float, iteration: int) -> bool:
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 class DetectionStep:
     """One SGD step of the detector per call, in the engine's step contract
-    (:func:`~reslab.engine.trainer.train_loop`): ``start_epoch(epoch, start)`` sets the epoch's
+    (:class:`~reslab.engine.loop.Step`): ``start_epoch(epoch, start)`` sets the epoch's
     order and flips, ``len()`` is the batches per epoch. Each step adds ``[loss * images, 0,
     images]`` to the meter's ``window`` and its loss terms to :attr:`parts`."""
 
-    def __init__(self, cfg: DetConfig, model, optimizer, train_set, state: TrainState,
-                 window: torch.Tensor):  # fmt: skip
+    def __init__(self, cfg: DetConfig, model, optimizer, train_set, window: torch.Tensor) -> None:
         self.cfg, self.model, self.optimizer, self.train_set = cfg, model, optimizer, train_set
-        self.state = state  # the run's (for the iteration in messages)
         self.window, self.device = window, window.device
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.parts: dict[str, torch.Tensor] = {}
+        self.images = 0  # images since the loss terms were last taken
         self._batches: list[list[int]] = []
         self._position = 0
 
@@ -239,12 +153,7 @@ class DetectionStep:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         losses = self.model(images, targets)
-        loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            parts = {k: round(v.item(), 4) for k, v in losses.items()}
-            raise DivergedError(
-                f"iteration {self.state.iteration}: the loss is not finite ({parts}); lower optim.lr"
-            )
+        loss = sum(losses.values())  # a loss that is no longer finite stops the run at its log
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.optim.clip_grad_norm > 0:
@@ -255,116 +164,81 @@ class DetectionStep:
             self.window[2] += len(batch)
             for k, v in losses.items():
                 self.parts[k] = self.parts.get(k, 0) + v.detach() * len(batch)
+        self.images += len(batch)
 
-    def take_parts(self, images: float) -> dict[str, float]:
-        """The loss terms' means over the ``images`` since the last call."""
-        parts, self.parts = self.parts, {}
-        return {k: (v / images).item() for k, v in parts.items()}
+    def take_parts(self) -> dict[str, float]:
+        """The loss terms' means over the images since the last call."""
+        parts, images, self.parts, self.images = self.parts, self.images, {}, 0
+        return {k: (v / max(images, 1)).item() for k, v in parts.items()}
 
 
-@dataclass
-class _Detection:
-    """What :func:`~reslab.engine.trainer.train_loop` calls back for a detection run: the
-    logging, evaluation and checkpoint blocks."""
+class Detection:
+    """A detection run as a task of :func:`~reslab.engine.trainer.fit`: the detector, its data,
+    torchvision-style SGD with warm-up, mAP evaluations (``val_*`` in the log) and the detector's
+    weights file with its config; one process."""
 
-    cfg: DetConfig
-    run_dir: Path
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    step: DetectionStep
-    state: TrainState
-    meter: Meter
-    logger: JsonlLogger
-    val_set: CocoDetection
-    info: DistInfo = field(default_factory=DistInfo)  # one process (no stop to agree on)
+    distributed = False
+    reports_error = False  # the window's loss only; detections have no training error
 
-    def log_window(self, bar: tqdm) -> None:
-        parts = self.step.take_parts(self.meter.window[2].item())
-        loss, _ = self.meter.read(self.info)
-        s, seconds = self.state, self.meter.train_s
-        self.logger.log(
-            iteration=s.iteration, epoch=s.epoch, lr=self.optimizer.param_groups[0]["lr"],
-            loss=loss, **parts,
-            images_per_s=self.meter.timed_images(1) / seconds if seconds > 0 else float("nan"),
-        )  # fmt: skip
-        bar.set_postfix(loss=f"{loss:.3f}")
+    def __init__(self, cfg: DetConfig) -> None:
+        self.cfg = cfg
+        self.started = dt.datetime.now(dt.UTC)
 
-    def evaluate(self) -> dict[str, float]:
-        device = self.meter.window.device
-        preds = predict(self.model, self.val_set, device, test_size=self.cfg.model.test_size)
-        result = score(self.val_set, preds, self.cfg.data.format)
-        self.model.transform.min_size = tuple(self.cfg.model.min_size)
+    def prepare(self, run_dir: Path, info: DistInfo, device: torch.device, fresh: bool) -> Parts:
+        cfg, t = self.cfg, self.cfg.train
+        torch.manual_seed(t.seed)
+        self.train_set, self.val_set = build_datasets(cfg)
+        if len(self.train_set) < t.batch_size:
+            raise DataError(
+                f"{len(self.train_set)} training images are fewer than one batch "
+                f"(train.batch_size={t.batch_size}); lower train.batch_size"
+            )
+        self.model = make_model(cfg, len(self.train_set.classes)).to(device)
+        self.device = device
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        o = cfg.optim
+        optimizer = torch.optim.SGD(
+            params, lr=lr_at(cfg, 0), momentum=o.momentum, weight_decay=o.weight_decay
+        )
+        note = f"{len(self.train_set)} training and {len(self.val_set)} validation images"
+        return Parts(self.model, optimizer, WarmupSteps(cfg), t.batch_size, note)
+
+    def make_step(self, parts, window, info, device, precision):
+        self.step = DetectionStep(self.cfg, parts.model, parts.optimizer, self.train_set, window)
+        return self.step, {}
+
+    def window_fields(self, loss: float, error: float) -> dict[str, float]:
+        return {"loss": loss, **self.step.take_parts()}
+
+    def evaluate(self, final: bool) -> tuple[dict[str, Any], None]:
+        cfg = self.cfg
+        preds = predict(self.model, self.val_set, self.device, test_size=cfg.model.test_size)
+        result = score(self.val_set, preds, cfg.data.format)
+        self.model.transform.min_size = tuple(cfg.model.min_size)
         self.model.train()
-        self.logger.log(
-            iteration=self.state.iteration, **{f"val_{k}": v for k, v in result.items()}
-        )
-        return result
+        self.result = result
+        return {f"val_{k}": v for k, v in result.items()}, None
 
-    def save(self, name: str) -> Path:
-        payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                   "state": asdict(self.state), "rng": rng_state(), "config": self.cfg.to_dict(),
-                   "code_version": code_version()}  # fmt: skip
-        path = atomic_save(payload, self.run_dir / "checkpoints" / name)
-        prune_checkpoints(self.run_dir / "checkpoints", self.cfg.train.keep_checkpoints)
-        return path
+    def save_weights(self, model: torch.nn.Module, path: Path, version: str) -> None:
+        save_detector(model, path, self.cfg, self.train_set.classes)
+        plot_map_curve(path.parent)
+
+    def summary(self, result: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "backbone": self.cfg.model.backbone,
+            "design": self.cfg.model.design,
+            **result,
+            "started": self.started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
 
 
-def _train_detector(
-    cfg: DetConfig, run_dir: Path, resumed: tuple[dict[str, Any], Path] | None, progress: bool
+def fit_detector(
+    cfg: DetConfig, run_dir: str | Path, *, restart: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    device = resolve_device(cfg.train.device)
-    torch.manual_seed(cfg.train.seed)
-    train_set, val_set = build_datasets(cfg)
-    t = cfg.train
-    if len(train_set) < t.batch_size:
-        raise DataError(
-            f"{len(train_set)} training images are fewer than one batch ({t.batch_size})"
-        )
-    model = make_model(cfg, len(train_set.classes)).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr_at(cfg, 0), momentum=cfg.optim.momentum,
-                          weight_decay=cfg.optim.weight_decay)  # fmt: skip
-    state = TrainState()
-    if resumed is not None:
-        ckpt, _ = resumed
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        state = TrainState(**ckpt["state"])
-        set_rng_state(ckpt["rng"])  # the RPN/RoI samplers draw from the global generator
-    meter = Meter(torch.zeros(3, device=device, dtype=torch.float64), t.batch_size)
-    step = DetectionStep(cfg, model, opt, train_set, state, meter.window)
-    logger = JsonlLogger(run_dir / "metrics.jsonl")
-    logger.truncate_after(state.iteration if resumed else -1)
-    run = _Detection(cfg, run_dir, model, opt, step, state, meter, logger, val_set)
-    bar = tqdm(total=t.iterations, initial=state.iteration, unit="it", disable=not progress,
-               desc=cfg.name)  # fmt: skip
-    start = dt.datetime.now(dt.UTC)
-    try:
-        model.train()
-        interrupted = train_loop(run, step, lambda it: lr_at(cfg, it), run.evaluate, bar)
-        if interrupted is not None:
-            return interrupted
-        result = run.evaluate()
-        meter.stamp(state)
-        run.save("final.pt")
-    finally:
-        bar.close()
-        logger.close()
-    save_detector(model, run_dir / "model.safetensors", cfg, train_set.classes)
-    plot_map_curve(run_dir)
-    summary = {
-        "status": "finished", "name": cfg.name, "backbone": cfg.model.backbone,
-        "design": cfg.model.design, "iterations": state.iteration, "batch_size": t.batch_size,
-        **{f"val_{k}": v for k, v in result.items()},
-        "wall_time_s": round(state.wall_time_s, 2), "train_time_s": round(state.train_time_s, 2),
-        "images_per_s": (state.iteration - state.untimed_iterations) * t.batch_size
-        / state.train_time_s if state.train_time_s else None,
-        "device": describe_device(device), "code_version": code_version(),
-        "torch_version": torch.__version__, "started": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }  # fmt: skip
-    atomic_write(run_dir / "summary.json", json_bytes(summary))
-    return summary
+    """Train ``cfg`` in ``run_dir`` (resuming from its newest checkpoint; ``restart`` deletes its
+    outputs first) in the engine's :func:`~reslab.engine.trainer.fit`; returns the summary (a
+    finished run's at once)."""
+    return fit(cfg, run_dir, task=Detection(cfg), restart=restart, progress=progress)
 
 
 def save_detector(model: torch.nn.Module, path: Path, cfg: DetConfig, classes: list[str]) -> None:
@@ -486,33 +360,3 @@ def plot_map_curve(run_dir: Path) -> Path | None:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
-
-
-def visualize(image: torch.Tensor, prediction: dict[str, torch.Tensor], classes: list[str], path: Path,
-              threshold: float = 0.5) -> Path:  # fmt: skip
-    """Draw the detections scoring at least ``threshold`` on ``image`` and save a PNG."""
-    from torchvision.io import write_png
-    from torchvision.utils import draw_bounding_boxes
-
-    keep = prediction["scores"] >= threshold
-    labels = [
-        f"{classes[int(c)]} {s:.2f}"
-        for c, s in zip(prediction["labels"][keep], prediction["scores"][keep], strict=True)
-    ]
-    palette = [
-        "#e6194b",
-        "#3cb44b",
-        "#ffe119",
-        "#4363d8",
-        "#f58231",
-        "#911eb4",
-        "#46f0f0",
-        "#f032e6",
-    ]
-    colors = [palette[int(c) % len(palette)] for c in prediction["labels"][keep]]
-    drawn = draw_bounding_boxes(
-        (image * 255).to(torch.uint8), prediction["boxes"][keep], labels, colors=colors, width=2
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_png(drawn, str(path))
-    return path

@@ -129,7 +129,7 @@ class Replayer:
 class GraphedStep:
     """Training steps of ``model`` on ``loader``'s epochs, replayed from one CUDA graph.
 
-    Used like :class:`~reslab.engine.trainer.EagerStep`: ``start_epoch(epoch, start)``, then one
+    Used like :class:`~reslab.engine.steps.EagerStep`: ``start_epoch(epoch, start)``, then one
     call per step with its learning rate.
 
     Args:

@@ -113,7 +113,7 @@ def _fit_in_process(job: Job, restart: bool, threads: int, parent: int, report) 
     if hasattr(signal, "sigpending") and STOP_SIGNALS & signal.sigpending():
         _tell(report, ("summary", {"status": "not started"}))  # stopped while it started up
         return
-    from reslab.engine.trainer import StopRequest
+    from reslab.engine.loop import StopRequest
 
     _die_with(parent)
     with StopRequest() as stop:  # outermost: the training loop's own reads the same flag
@@ -202,7 +202,7 @@ class _Pack:
     def run(
         self, jobs: list[Job], concurrent: int, restart: bool, bars: _Bars
     ) -> list[dict[str, Any]]:
-        from reslab.engine.trainer import StopRequest
+        from reslab.engine.loop import StopRequest
 
         summaries: list[dict[str, Any]] = [{"status": "not started"} for _ in jobs]
         pending, running, error, stopping = list(range(len(jobs))), set(), None, False
@@ -418,7 +418,7 @@ class _Threads(_Pack):
             return []
 
     def stop_all(self) -> None:
-        from reslab.engine.trainer import _STOP
+        from reslab.engine.loop import _STOP
 
         _STOP.set()  # the flag every fit of this process checks after each step
 

@@ -346,7 +346,7 @@ class Seat:
 
 class StackedStep:
     """A run's training steps, executed stacked with the other runs of its group: used like
-    :class:`~reslab.engine.trainer.EagerStep` (``start_epoch``, then one call per step with its
+    :class:`~reslab.engine.steps.EagerStep` (``start_epoch``, then one call per step with its
     learning rate). Its batches come from device tables, as the whole-step graph reads them."""
 
     def __init__(self, seat: Seat, model, optimizer: PaperSGD, loader, window, precision) -> None:

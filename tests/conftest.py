@@ -142,7 +142,6 @@ def table6_args(data_dir, tmp_path):
         "--results", str(tmp_path / "results"), "--runs-dir", str(tmp_path / "runs"),
         "--data-dir", str(data_dir), "--no-progress", "--set", "train.eval_every=0",
         "--set", "data.eval_split=val5k", "--set", "data.split=train45k", "--set", "train.batch_size=32",
-        "--set", "train.threads=2",
     ]  # fmt: skip
 
 
